@@ -1,0 +1,230 @@
+"""Cost of one epoch's selection + shuffle, kakurenbo_hf vs the official code's Python loop.
+
+kakurenbo_hf (what `KakurenboTrainer` runs at each epoch start):
+    `KakurenboStrategy.select(stats, F_e, epoch)` on a `SampleStats` of N samples, then
+    `HidingSampler.set_hidden(mask)`, `set_epoch(epoch)` and `epoch_order()` (the shuffled
+    visible indices).
+
+Official-code style (the approach of the paper's reference implementation):
+    sort all N samples by loss (`np.argsort`), loop in Python over the K = floor(F_e * N) lowest,
+    append a candidate to a `hidden` list when it is correct and confident (values read from
+    Python lists: a generous version of the per-element tensor reads), then build the visible
+    list (`[i for i in range(N) if i not in hidden_set]`) and `random.shuffle` it.
+
+Both get the same statistics: loss ~ Exponential(1), confidence = exp(-loss) (what a correct
+prediction's cross-entropy implies), correct with probability 0.9, F_e = 0.3, tau = 0.7
+(about 27% of the samples end up hidden). Both must hide the same set (checked).
+
+Targets (printed PASS/MISS, never asserted): N = 1e7 in <= 1 s, and <= 10 bytes of state per
+sample (SampleStats.nbytes + the hidden mask). The table also shows what else is resident during
+an epoch (the sampler's copy of the mask, its cached int64 order) and the peak extra memory of the
+selection (VmHWM delta, from /proc/self/status; tracemalloc's numpy peak where that is unavailable).
+
+Usage:
+
+    python -m benchmarks.selection                          # N = 1e5 1e6 1e7, loop up to 1e7
+    python -m benchmarks.selection --sizes 100000 1000000 --max-loop-n 1000000
+    python -m benchmarks.selection --help
+
+With `--max-loop-n` below a size, the loop's time at that size is EXTRAPOLATED linearly
+(n log n would be lower for the loop part and higher for the sort) from the largest measured
+size, and marked "(extrapolated)" in the table and JSON.
+
+Output: Markdown table on stdout, JSON at `--output` (default benchmarks/results/selection.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import statistics
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+from . import common
+
+TARGET_SECONDS_AT_1E7 = 1.0
+TARGET_BYTES_PER_SAMPLE = 10.0
+FRACTION, TAU, EPOCH = 0.3, 0.7, 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.selection", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", nargs="+", type=float, default=[1e5, 1e6, 1e7])
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of kakurenbo_hf (best and median)")
+    parser.add_argument("--loop-repeats", type=int, default=1, help="timed repeats of the Python loop")
+    parser.add_argument("--max-loop-n", type=float, default=1e7, help="largest N for the Python loop; above: extrapolated")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "selection.json"))
+    return parser
+
+
+def make_stats(n: int, seed: int):
+    from kakurenbo_hf import SampleStats
+
+    rng = np.random.default_rng(seed)
+    stats = SampleStats(n)
+    loss = rng.exponential(1.0, size=n).astype(np.float32)
+    stats.update(np.arange(n), loss, np.exp(-loss), rng.random(n) < 0.9)
+    return stats
+
+
+class PeakMemory:
+    """Peak extra resident memory of a block: VmHWM reset via /proc/self/clear_refs (Linux)."""
+
+    def __enter__(self):
+        gc.collect()
+        self.method = "VmHWM"
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.before = _status_kb("VmRSS")
+        except OSError:
+            self.method = "tracemalloc (numpy/python only)"
+            tracemalloc.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.method == "VmHWM":
+            self.peak_bytes = max(0, (_status_kb("VmHWM") - self.before) * 1024)
+        else:
+            self.peak_bytes = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        return False
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(field)
+
+
+def kakurenbo_epoch(stats, strategy, sampler):
+    decision = strategy.select(stats, FRACTION, EPOCH)
+    sampler.set_hidden(decision.hidden)
+    sampler.set_epoch(EPOCH)
+    order = sampler.epoch_order()
+    return decision, order
+
+
+def python_loop_epoch(loss: np.ndarray, confidence: np.ndarray, correct: np.ndarray, seed: int):
+    n = loss.shape[0]
+    k = int(np.floor(FRACTION * n + 1e-9))
+    sorted_indices = np.argsort(loss, kind="stable")[:k].tolist()
+    conf = confidence.tolist()
+    corr = correct.tolist()
+    hidden = []
+    for i in sorted_indices:
+        if corr[i] and conf[i] >= TAU:
+            hidden.append(i)
+    hidden_set = set(hidden)
+    visible = [i for i in range(n) if i not in hidden_set]
+    random.Random(seed + EPOCH).shuffle(visible)
+    return hidden, visible
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    from kakurenbo_hf import HidingSampler
+    from kakurenbo_hf.strategies.kakurenbo import KakurenboStrategy
+
+    record = {"benchmark": "selection", "command": common.command_line("benchmarks.selection", argv),
+              "machine": common.machine_info(), "settings": vars(args).copy(), "results": []}
+    measured_loop: list[tuple[int, float]] = []
+    for size in args.sizes:
+        n = int(size)
+        stats = make_stats(n, args.seed)
+        strategy = KakurenboStrategy(TAU, seed=args.seed)
+        sampler = HidingSampler(n, seed=args.seed)
+        kakurenbo_epoch(stats, strategy, sampler)  # warm-up (page faults, allocator)
+        times = []
+        for _ in range(args.repeats):
+            sampler.set_epoch(0)
+            gc.collect()
+            started = time.perf_counter()
+            decision, order = kakurenbo_epoch(stats, strategy, sampler)
+            times.append(time.perf_counter() - started)
+        sampler.set_epoch(0)
+        with PeakMemory() as peak:
+            decision, order = kakurenbo_epoch(stats, strategy, sampler)
+        state_bytes = stats.nbytes + decision.hidden.nbytes
+        resident_bytes = state_bytes + sampler.hidden.nbytes + order.nbytes
+        assert len(order) == n - decision.num_hidden and not decision.hidden[order].any()
+
+        row = {"n": n, "num_hidden": decision.num_hidden, "kakurenbo_seconds_best": min(times),
+               "kakurenbo_seconds_median": statistics.median(times), "kakurenbo_seconds_all": times,
+               "state_bytes_per_sample": state_bytes / n, "resident_bytes_per_sample_during_epoch": resident_bytes / n,
+               "selection_peak_extra_bytes_per_sample": peak.peak_bytes / n, "peak_method": peak.method}
+        if n <= args.max_loop_n:
+            loop_times = []
+            for _ in range(args.loop_repeats):
+                gc.collect()
+                started = time.perf_counter()
+                hidden, visible = python_loop_epoch(stats.loss, stats.confidence, stats.correct, args.seed)
+                loop_times.append(time.perf_counter() - started)
+            with PeakMemory() as loop_peak:
+                hidden, visible = python_loop_epoch(stats.loss, stats.confidence, stats.correct, args.seed)
+            same = len(hidden) == decision.num_hidden and bool(decision.hidden[np.asarray(hidden, dtype=np.int64)].all())
+            del visible
+            row.update(loop_seconds=min(loop_times), loop_extrapolated=False, loop_peak_extra_bytes_per_sample=loop_peak.peak_bytes / n,
+                       same_hidden_set=same)
+            measured_loop.append((n, min(loop_times)))
+            if not same:
+                raise AssertionError(f"N={n}: the Python loop and KakurenboStrategy hide different sets")
+        elif measured_loop:
+            n0, t0 = measured_loop[-1]
+            row.update(loop_seconds=t0 * n / n0, loop_extrapolated=True, loop_peak_extra_bytes_per_sample=None,
+                       same_hidden_set=None)
+        else:
+            row.update(loop_seconds=None, loop_extrapolated=None)
+        if row.get("loop_seconds"):
+            row["speedup_vs_loop"] = row["loop_seconds"] / row["kakurenbo_seconds_best"]
+        record["results"].append(row)
+        print(f"[selection] N={n:.0e}: kakurenbo {row['kakurenbo_seconds_best']:.3f} s, loop "
+              f"{row.get('loop_seconds') or float('nan'):.2f} s{' (extrapolated)' if row.get('loop_extrapolated') else ''}",
+              flush=True)
+        del stats, strategy, sampler, decision, order
+        gc.collect()
+
+    rows = []
+    for r in record["results"]:
+        loop = r.get("loop_seconds")
+        loop_txt = "n/a" if loop is None else f"{loop:.3f}" + (" (extrapolated)" if r["loop_extrapolated"] else "")
+        loop_mem = r.get("loop_peak_extra_bytes_per_sample")
+        rows.append([f"{r['n']:.0e}", r["num_hidden"], f"{r['kakurenbo_seconds_best']:.4f}",
+                     f"{r['kakurenbo_seconds_median']:.4f}", loop_txt,
+                     f"{r['speedup_vs_loop']:.1f}x" if r.get("speedup_vs_loop") else "n/a",
+                     f"{r['state_bytes_per_sample']:.1f}", f"{r['resident_bytes_per_sample_during_epoch']:.1f}",
+                     f"{r['selection_peak_extra_bytes_per_sample']:.1f}",
+                     "n/a" if loop_mem is None else f"{loop_mem:.1f}"])
+    md = common.markdown_table(
+        ["N", "hidden", "kakurenbo_hf s (best)", "median s", "Python loop s", "speed-up", "state B/sample",
+         "resident B/sample in epoch", "peak extra B/sample", "loop peak extra B/sample"], rows)
+    big = [r for r in record["results"] if r["n"] >= 10_000_000]
+    if big:
+        r = big[0]
+        time_ok = r["kakurenbo_seconds_best"] <= TARGET_SECONDS_AT_1E7
+        mem_ok = r["state_bytes_per_sample"] <= TARGET_BYTES_PER_SAMPLE
+        record["verdict"] = {"time": "PASS" if time_ok else "MISS", "memory": "PASS" if mem_ok else "MISS"}
+        md += (f"\n\nN=1e7: {r['kakurenbo_seconds_best']:.3f} s (target <= {TARGET_SECONDS_AT_1E7} s: "
+               f"**{record['verdict']['time']}**, median {r['kakurenbo_seconds_median']:.3f} s), state "
+               f"{r['state_bytes_per_sample']:.1f} B/sample (SampleStats.nbytes + hidden mask; target <= "
+               f"{TARGET_BYTES_PER_SAMPLE:.0f}: **{record['verdict']['memory']}**). Peak memory method: {r['peak_method']}.")
+    record["markdown"] = md
+    common.write_json(args.output, record)
+    print(md)
+    print(f"\nwrote {args.output}")
+    return record
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,47 @@
+"""kakurenbo_hf: KAKURENBO sample hiding (Nguyen et al., NeurIPS 2023) for the Hugging Face Trainer.
+
+    from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
+
+is all a `Trainer` script needs to change. The algorithm's modules (`config`, `stats`,
+`strategies`, `sampler`, `schedule`, `engine`) do not import transformers; the two Trainer
+classes are loaded on first use, so `import kakurenbo_hf.engine` stays light.
+"""
+
+from .config import KakurenboArguments
+from .engine import EpochPlan, HidingEngine
+from .sampler import HidingSampler
+from .stats import SampleStats, per_sample_statistics
+from .strategies import HidingStrategy, available_strategies, build_strategy, register_strategy
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "KakurenboTrainer": "trainer",
+    "default_per_sample_statistics": "trainer",
+    "KakurenboTrainingArguments": "training_args",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "EpochPlan",
+    "HidingEngine",
+    "HidingSampler",
+    "HidingStrategy",
+    "KakurenboArguments",
+    "KakurenboTrainer",
+    "KakurenboTrainingArguments",
+    "SampleStats",
+    "available_strategies",
+    "build_strategy",
+    "default_per_sample_statistics",
+    "per_sample_statistics",
+    "register_strategy",
+]

@@ -1,0 +1,122 @@
+"""Every KAKURENBO knob, as dataclass fields that `HfArgumentParser` reads.
+
+`KakurenboArguments` is pure (no transformers import) so the algorithm can be configured and
+tested alone; `KakurenboTrainingArguments` (in `training_args.py`) mixes it into
+`transformers.TrainingArguments`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LR_COMPENSATION_MODES = ("target", "realized", "none")
+
+# The paper's ImageNet schedule steps the fraction at epochs 30, 60 and 80 of 90 (with the LR
+# milestones); expressed as fractions of training so it transfers to any number of epochs.
+DEFAULT_DECAY_MILESTONES = (1 / 3, 2 / 3, 8 / 9)
+DEFAULT_DECAY_FACTORS = (0.8, 0.6, 0.4)
+
+
+@dataclass
+class KakurenboArguments:
+    """Arguments of the hiding algorithm (Nguyen et al., NeurIPS 2023).
+
+    Validated in `__post_init__`: a bad value raises `ValueError` naming the field and its
+    allowed range before any training starts.
+    """
+
+    hiding_fraction: float = field(
+        default=0.3,
+        metadata={
+            "help": "Maximum fraction F of the training set hidden per epoch (0 <= F < 1). "
+            "0 disables hiding: training is then identical to the plain Trainer."
+        },
+    )
+    confidence_threshold: float = field(
+        default=0.7,
+        metadata={
+            "help": "tau in [0, 1]: a low-loss candidate is hidden only if it was predicted correctly "
+            "with top-class probability >= tau; otherwise it is moved back."
+        },
+    )
+    hiding_decay_milestones: list[float] = field(
+        default_factory=lambda: list(DEFAULT_DECAY_MILESTONES),
+        metadata={
+            "help": "Points of training (fractions of the epochs, increasing, in (0, 1)) where the "
+            "hiding fraction is multiplied by the matching entry of hiding_decay_factors."
+        },
+    )
+    hiding_decay_factors: list[float] = field(
+        default_factory=lambda: list(DEFAULT_DECAY_FACTORS),
+        metadata={
+            "help": "Multipliers of hiding_fraction from each milestone on (in [0, 1]); before the "
+            "first milestone the multiplier is 1. Default 0.8/0.6/0.4 as in the paper's code."
+        },
+    )
+    lr_compensation: str = field(
+        default="target",
+        metadata={
+            "help": "How the learning rate makes up for the shorter epochs: 'target' scales it by "
+            "1/(1-F_e) (the paper), 'realized' by 1/(1-hidden/N), 'none' leaves it."
+        },
+    )
+    refresh_hidden: bool = field(
+        default=True,
+        metadata={
+            "help": "Refresh the statistics of hidden samples with a forward-only pass (eval mode, no "
+            "gradients) before the next selection. Without it hidden samples keep stale values."
+        },
+    )
+    hiding_warmup_epochs: int = field(
+        default=1,
+        metadata={
+            "help": "Epochs trained on the full set before anything is hidden and before the learning "
+            "rate is compensated (>= 1: statistics come from a full epoch)."
+        },
+    )
+    hiding_strategy: str = field(
+        default="kakurenbo",
+        metadata={
+            "help": "How the hidden set is chosen: 'kakurenbo' (low loss and confident) or 'random' "
+            "(as many samples as kakurenbo would hide, uniformly at random: the control)."
+        },
+    )
+
+    def __post_init__(self):
+        self.validate_hiding_arguments()
+
+    def validate_hiding_arguments(self) -> None:
+        """Raise `ValueError` for any field outside its allowed range."""
+        from .strategies import available_strategies
+
+        if not 0.0 <= self.hiding_fraction < 1.0:
+            raise ValueError(f"hiding_fraction must be in [0, 1), got {self.hiding_fraction!r}")
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            raise ValueError(f"confidence_threshold must be in [0, 1], got {self.confidence_threshold!r}")
+        milestones = list(self.hiding_decay_milestones)
+        factors = list(self.hiding_decay_factors)
+        if len(milestones) != len(factors):
+            raise ValueError(
+                "hiding_decay_milestones and hiding_decay_factors must have the same length, got "
+                f"{len(milestones)} and {len(factors)}"
+            )
+        if any(not 0.0 < m < 1.0 for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
+            raise ValueError(
+                f"hiding_decay_milestones must be strictly increasing fractions in (0, 1), got {milestones!r}"
+            )
+        if any(not 0.0 <= f <= 1.0 for f in factors):
+            raise ValueError(f"hiding_decay_factors must each be in [0, 1], got {factors!r}")
+        if self.lr_compensation not in LR_COMPENSATION_MODES:
+            raise ValueError(
+                f"lr_compensation must be one of {LR_COMPENSATION_MODES}, got {self.lr_compensation!r}"
+            )
+        if int(self.hiding_warmup_epochs) != self.hiding_warmup_epochs or self.hiding_warmup_epochs < 1:
+            raise ValueError(f"hiding_warmup_epochs must be an integer >= 1, got {self.hiding_warmup_epochs!r}")
+        if self.hiding_strategy not in available_strategies():
+            raise ValueError(
+                f"hiding_strategy must be one of {available_strategies()}, got {self.hiding_strategy!r}"
+            )
+
+    def hiding_arguments(self) -> KakurenboArguments:
+        """A plain `KakurenboArguments` copy of these fields (e.g. from a TrainingArguments subclass)."""
+        return KakurenboArguments(**{name: getattr(self, name) for name in KakurenboArguments.__dataclass_fields__})

@@ -1,0 +1,91 @@
+"""Per-sample statistics: what the model currently thinks of every training sample.
+
+One entry per sample, kept for the whole run, in compact numpy arrays (7 bytes per sample):
+
+    loss        float32  per-sample cross-entropy; +inf until the sample is first seen, so an
+                         unseen sample is never among the lowest-loss candidates
+    confidence  float16  top softmax probability over the classes
+    correct     bool     argmax(logits) == label
+
+Values are written from the training forward pass (`compute_loss`) and, for hidden samples, by
+the refresh pass. Multi-process runs gather the values of all ranks once per flush (epoch end,
+checkpoint; see `recorder.py`) before updating, so every rank holds the same table. A NaN loss
+(a diverged sample) is stored as +inf: it is then treated like an unseen sample, never hidden.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+STATS_FIELDS = ("loss", "confidence", "correct")
+
+
+def per_sample_statistics(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-sample (loss, confidence, correct) of a classification batch.
+
+    `logits` is (batch, classes), `labels` is (batch,) of class indices. Confidence is the top
+    probability of the softmax over the *classes* (dim=-1): the official code normalised over
+    the batch dimension, which makes a sample's confidence depend on its batch mates.
+    Computed in float32 whatever the model's dtype, without building a graph.
+    """
+    with torch.no_grad():
+        logits = logits.detach().float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        loss = -log_probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+        top_log_prob, prediction = log_probs.max(dim=-1)
+        return loss, top_log_prob.exp(), prediction == labels
+
+
+class SampleStats:
+    """The table of per-sample statistics for `num_samples` training samples."""
+
+    def __init__(self, num_samples: int):
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.num_samples = int(num_samples)
+        self.loss = np.full(self.num_samples, np.inf, dtype=np.float32)
+        self.confidence = np.zeros(self.num_samples, dtype=np.float16)
+        self.correct = np.zeros(self.num_samples, dtype=bool)
+
+    def update(self, indices, loss, confidence, correct) -> None:
+        """Write the values of the samples `indices` (array-likes or CPU tensors of equal length).
+
+        An index may repeat (accelerate pads uneven batches with repeated samples); the values of
+        a repeat come from the same weights, so whichever write wins is correct.
+        """
+        indices = _as_numpy(indices).astype(np.int64, copy=False)
+        if indices.size == 0:
+            return
+        if indices.min() < 0 or indices.max() >= self.num_samples:
+            raise IndexError(f"sample index out of range [0, {self.num_samples}): {indices.min()}..{indices.max()}")
+        self.loss[indices] = np.nan_to_num(_as_numpy(loss).astype(np.float32, copy=False), nan=np.inf)
+        self.confidence[indices] = _as_numpy(confidence)
+        self.correct[indices] = _as_numpy(correct)
+
+    @property
+    def num_seen(self) -> int:
+        return int(np.isfinite(self.loss).sum())
+
+    @property
+    def nbytes(self) -> int:
+        return self.loss.nbytes + self.confidence.nbytes + self.correct.nbytes
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"loss": self.loss.copy(), "confidence": self.confidence.copy(), "correct": self.correct.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in STATS_FIELDS:
+            value = _as_numpy(state[name])
+            if value.shape != (self.num_samples,):
+                raise ValueError(
+                    f"statistics '{name}' hold {value.shape[0] if value.ndim else 0} samples, "
+                    f"but the training set has {self.num_samples}"
+                )
+            getattr(self, name)[:] = value
+
+
+def _as_numpy(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)

@@ -1,0 +1,202 @@
+"""`KakurenboArguments`: defaults, validation, and parsing with `HfArgumentParser`."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from kakurenbo_hf.config import KakurenboArguments
+
+
+def test_defaults():
+    args = KakurenboArguments()
+    assert args.hiding_fraction == 0.3
+    assert args.confidence_threshold == 0.7
+    assert args.hiding_decay_factors == [0.8, 0.6, 0.4]
+    assert args.hiding_decay_milestones == pytest.approx([1 / 3, 2 / 3, 8 / 9])
+    assert args.lr_compensation == "target"
+    assert args.refresh_hidden is True
+    assert args.hiding_warmup_epochs == 1
+    assert args.hiding_strategy == "kakurenbo"
+    # list defaults are not shared between instances
+    other = KakurenboArguments()
+    other.hiding_decay_factors.append(0.1)
+    assert KakurenboArguments().hiding_decay_factors == [0.8, 0.6, 0.4]
+
+
+def test_every_field_has_help():
+    for f in dataclasses.fields(KakurenboArguments):
+        assert f.metadata.get("help"), f.name
+
+
+@pytest.mark.parametrize(
+    "kwargs, field_name",
+    [
+        ({"hiding_fraction": -0.1}, "hiding_fraction"),
+        ({"hiding_fraction": 1.0}, "hiding_fraction"),
+        ({"hiding_fraction": 1.5}, "hiding_fraction"),
+        ({"confidence_threshold": 1.5}, "confidence_threshold"),
+        ({"confidence_threshold": -0.01}, "confidence_threshold"),
+        ({"hiding_decay_milestones": [0.5, 0.3], "hiding_decay_factors": [0.8, 0.6]}, "hiding_decay_milestones"),
+        ({"hiding_decay_milestones": [0.5, 0.5], "hiding_decay_factors": [0.8, 0.6]}, "hiding_decay_milestones"),
+        ({"hiding_decay_milestones": [0.0, 0.5], "hiding_decay_factors": [0.8, 0.6]}, "hiding_decay_milestones"),
+        ({"hiding_decay_milestones": [0.5, 1.0], "hiding_decay_factors": [0.8, 0.6]}, "hiding_decay_milestones"),
+        ({"hiding_decay_milestones": [0.5, 1.2], "hiding_decay_factors": [0.8, 0.6]}, "hiding_decay_milestones"),
+        ({"hiding_decay_milestones": [0.5], "hiding_decay_factors": [0.8, 0.6]}, "hiding_decay_milestones"),
+        ({"hiding_decay_milestones": [0.2, 0.5], "hiding_decay_factors": [0.8]}, "hiding_decay_factors"),
+        ({"hiding_decay_factors": [0.8, 1.2, 0.4]}, "hiding_decay_factors"),
+        ({"hiding_decay_factors": [0.8, -0.1, 0.4]}, "hiding_decay_factors"),
+        ({"lr_compensation": "foo"}, "lr_compensation"),
+        ({"hiding_warmup_epochs": 0}, "hiding_warmup_epochs"),
+        ({"hiding_warmup_epochs": -2}, "hiding_warmup_epochs"),
+        ({"hiding_warmup_epochs": 1.5}, "hiding_warmup_epochs"),
+        ({"hiding_strategy": "nope"}, "hiding_strategy"),
+    ],
+)
+def test_bad_values_raise_value_error_naming_the_field(kwargs, field_name):
+    with pytest.raises(ValueError, match=field_name):
+        KakurenboArguments(**kwargs)
+
+
+def test_valid_edge_values():
+    KakurenboArguments(hiding_fraction=0.0)
+    KakurenboArguments(hiding_fraction=0.99)
+    KakurenboArguments(confidence_threshold=0.0)
+    KakurenboArguments(confidence_threshold=1.0)
+    KakurenboArguments(hiding_decay_milestones=[], hiding_decay_factors=[])
+    KakurenboArguments(hiding_decay_factors=[1.0, 0.0, 0.0])
+    for mode in ("target", "realized", "none"):
+        KakurenboArguments(lr_compensation=mode)
+    KakurenboArguments(hiding_strategy="random", hiding_warmup_epochs=5)
+
+
+def test_hiding_arguments_copy():
+    args = KakurenboArguments(hiding_fraction=0.2, hiding_strategy="random")
+    copy = args.hiding_arguments()
+    assert copy == args and copy is not args
+
+
+def test_config_modules_are_pure():
+    """The algorithm modules import neither transformers nor the trainer."""
+    package = Path(__file__).resolve().parent.parent / "kakurenbo_hf"
+    files = ["config.py", "stats.py", "sampler.py", "indexing.py", "schedule.py", "engine.py", "recorder.py"]
+    files += [str(Path("strategies") / p.name) for p in (package / "strategies").glob("*.py")]
+    for name in files:
+        tree = ast.parse((package / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [("." * node.level) + (node.module or "")]
+            else:
+                continue
+            for module in modules:
+                assert not module.startswith(("transformers", "accelerate")), (name, module)
+                assert module.lstrip(".") not in ("trainer", "training_args"), (name, module)
+
+
+# --- HfArgumentParser ------------------------------------------------------------------------
+
+
+def parser():
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(KakurenboArguments)
+
+
+def test_parse_cli_flags():
+    (args,) = parser().parse_args_into_dataclasses(
+        args=[
+            "--hiding_fraction", "0.25",
+            "--confidence_threshold", "0.9",
+            "--hiding_decay_milestones", "0.5", "0.75",
+            "--hiding_decay_factors", "0.5", "0.25",
+            "--lr_compensation", "realized",
+            "--refresh_hidden", "false",
+            "--hiding_warmup_epochs", "2",
+            "--hiding_strategy", "random",
+        ]
+    )
+    assert args == KakurenboArguments(
+        hiding_fraction=0.25,
+        confidence_threshold=0.9,
+        hiding_decay_milestones=[0.5, 0.75],
+        hiding_decay_factors=[0.5, 0.25],
+        lr_compensation="realized",
+        refresh_hidden=False,
+        hiding_warmup_epochs=2,
+        hiding_strategy="random",
+    )
+    assert args.refresh_hidden is False
+    assert isinstance(args.hiding_warmup_epochs, int)
+
+
+def test_parse_cli_defaults_and_bool_forms():
+    (args,) = parser().parse_args_into_dataclasses(args=[])
+    assert args == KakurenboArguments()
+    (args,) = parser().parse_args_into_dataclasses(args=["--refresh_hidden", "true"])
+    assert args.refresh_hidden is True
+    (args,) = parser().parse_args_into_dataclasses(args=["--no_refresh_hidden"])
+    assert args.refresh_hidden is False
+
+
+def test_parse_cli_validates():
+    with pytest.raises(ValueError, match="hiding_fraction"):
+        parser().parse_args_into_dataclasses(args=["--hiding_fraction", "1.0"])
+    with pytest.raises(ValueError, match="hiding_decay_milestones"):
+        parser().parse_args_into_dataclasses(args=["--hiding_decay_milestones", "0.5", "0.2"])
+
+
+def test_parse_json_file(tmp_path):
+    config = {
+        "hiding_fraction": 0.2,
+        "hiding_decay_milestones": [0.5],
+        "hiding_decay_factors": [0.5],
+        "refresh_hidden": False,
+        "lr_compensation": "none",
+    }
+    path = tmp_path / "kakurenbo.json"
+    path.write_text(json.dumps(config))
+    (args,) = parser().parse_json_file(str(path))
+    assert args == KakurenboArguments(**config)
+    path.write_text(json.dumps({**config, "confidence_threshold": 1.5}))
+    with pytest.raises(ValueError, match="confidence_threshold"):
+        parser().parse_json_file(str(path))
+
+
+def test_training_arguments_subclass(tmp_path):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from kakurenbo_hf import KakurenboTrainingArguments
+
+    assert issubclass(KakurenboTrainingArguments, TrainingArguments)
+    assert issubclass(KakurenboTrainingArguments, KakurenboArguments)
+    hf_parser = HfArgumentParser(KakurenboTrainingArguments)
+    (args,) = hf_parser.parse_args_into_dataclasses(
+        args=[
+            "--output_dir", str(tmp_path),
+            "--use_cpu",
+            "--learning_rate", "0.001",
+            "--hiding_fraction", "0.2",
+            "--hiding_decay_factors", "0.9", "0.8", "0.7",
+            "--refresh_hidden", "false",
+            "--report_to", "none",
+        ]
+    )
+    assert args.learning_rate == 0.001
+    assert args.hiding_fraction == 0.2
+    assert args.hiding_decay_factors == [0.9, 0.8, 0.7]
+    assert args.refresh_hidden is False
+    assert args.hiding_arguments() == KakurenboArguments(
+        hiding_fraction=0.2, hiding_decay_factors=[0.9, 0.8, 0.7], refresh_hidden=False
+    )
+    # positional use, as with TrainingArguments
+    assert KakurenboTrainingArguments(str(tmp_path), report_to="none").output_dir == str(tmp_path)
+    with pytest.raises(ValueError, match="hiding_fraction"):
+        hf_parser.parse_args_into_dataclasses(args=["--output_dir", str(tmp_path), "--hiding_fraction", "-0.1"])
+    with pytest.raises(ValueError, match="lr_compensation"):
+        KakurenboTrainingArguments(output_dir=str(tmp_path), lr_compensation="foo", report_to="none")

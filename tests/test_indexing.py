@@ -1,0 +1,237 @@
+"""`IndexedDataset` and `IndexCollator`: the row index reaches the batch, the data is untouched."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset as HFDataset
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import default_collate
+
+from kakurenbo_hf.indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
+from kakurenbo_hf.sampler import HidingSampler
+
+
+class ListDataset(Dataset):
+    """A plain torch map-style dataset of dicts (no `__getitems__`)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.rows[index]
+
+
+class BatchedListDataset(ListDataset):
+    """Has a batched read: it must be used, and `__getitem__` not called."""
+
+    def __init__(self, rows):
+        super().__init__(rows)
+        self.batched_calls = []
+        self.single_calls = 0
+
+    def __getitem__(self, index):
+        self.single_calls += 1
+        return self.rows[index]
+
+    def __getitems__(self, indices):
+        self.batched_calls.append(list(indices))
+        return [self.rows[i] for i in indices]
+
+
+def make_rows(n=10):
+    return [{"x": float(i) * 10, "label": i % 3} for i in range(n)]
+
+
+def make_hf_dataset(n=12):
+    return HFDataset.from_dict({"x": [float(i) for i in range(n)], "label": [i % 3 for i in range(n)]})
+
+
+def fresh_dict_collate(features):
+    """A user collate_fn that builds a fresh dict (it would drop any extra key)."""
+    assert all(SAMPLE_INDEX_KEY not in f for f in features), "the user's collator saw the index key"
+    return {"x": torch.tensor([f["x"] for f in features]), "labels": torch.tensor([f["label"] for f in features])}
+
+
+# --- IndexedDataset --------------------------------------------------------------------------
+
+
+def test_key_is_not_a_common_column_name():
+    assert SAMPLE_INDEX_KEY not in ("idx", "index", "id", "label", "labels")
+
+
+def test_rows_carry_their_index_list_dataset():
+    rows = make_rows()
+    dataset = IndexedDataset(ListDataset(rows))
+    assert len(dataset) == 10
+    for i in (0, 3, 9):
+        assert dataset[i] == {**rows[i], SAMPLE_INDEX_KEY: i}
+    batch = dataset.__getitems__([7, 2, 2])
+    assert [r[SAMPLE_INDEX_KEY] for r in batch] == [7, 2, 2]
+    assert [r["x"] for r in batch] == [70.0, 20.0, 20.0]
+    # the wrapped rows are not modified
+    assert all(SAMPLE_INDEX_KEY not in row for row in rows)
+
+
+def test_rows_carry_their_index_hf_dataset():
+    ds = make_hf_dataset()
+    dataset = IndexedDataset(ds)
+    assert len(dataset) == len(ds)
+    assert dataset[5] == {"x": 5.0, "label": 2, SAMPLE_INDEX_KEY: 5}
+    rows = dataset.__getitems__([11, 0, 4])
+    assert rows == [{"x": float(i), "label": i % 3, SAMPLE_INDEX_KEY: i} for i in (11, 0, 4)]
+    assert type(rows[0][SAMPLE_INDEX_KEY]) is int
+    # attributes of the wrapped dataset are forwarded
+    assert dataset.column_names == ["x", "label"]
+    assert dataset.features == ds.features
+
+
+def test_batched_read_goes_through_wrapped_getitems():
+    inner = BatchedListDataset(make_rows())
+    dataset = IndexedDataset(inner)
+    rows = dataset.__getitems__([4, 1, 8])
+    assert inner.batched_calls == [[4, 1, 8]]
+    assert inner.single_calls == 0
+    assert [r[SAMPLE_INDEX_KEY] for r in rows] == [4, 1, 8]
+
+
+def test_hf_dataset_batched_read_is_used(monkeypatch):
+    ds = make_hf_dataset()
+    calls = []
+    original = HFDataset.__getitems__
+
+    def spy(self, keys):
+        calls.append(list(keys))
+        return original(self, keys)
+
+    monkeypatch.setattr(HFDataset, "__getitems__", spy)
+    loader = DataLoader(IndexedDataset(ds), batch_size=4, shuffle=False, collate_fn=IndexCollator(fresh_dict_collate))
+    batches = list(loader)
+    assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert torch.equal(torch.cat([b[SAMPLE_INDEX_KEY] for b in batches]), torch.arange(12))
+
+
+def test_hf_dataset_is_not_modified():
+    ds = make_hf_dataset()
+    fingerprint, cache_files, columns = ds._fingerprint, list(ds.cache_files), list(ds.column_names)
+    num_rows = ds.num_rows
+    table_id = id(ds.data)
+    dataset = IndexedDataset(ds)
+    for _ in DataLoader(dataset, batch_size=5, collate_fn=IndexCollator(fresh_dict_collate)):
+        pass
+    dataset[3]
+    assert ds._fingerprint == fingerprint
+    assert list(ds.cache_files) == cache_files
+    assert ds.column_names == columns and SAMPLE_INDEX_KEY not in ds.column_names
+    assert ds.num_rows == num_rows
+    assert id(ds.data) == table_id
+    assert dataset.dataset is ds  # a view, not a copy
+
+
+def test_torch_formatted_hf_dataset():
+    ds = make_hf_dataset().with_format("torch")
+    row = IndexedDataset(ds)[2]
+    assert row[SAMPLE_INDEX_KEY] == 2
+    assert torch.is_tensor(row["x"]) and row["x"].item() == 2.0
+
+
+def test_non_dict_rows_raise_type_error():
+    dataset = IndexedDataset([(1, 2), (3, 4)])
+    with pytest.raises(TypeError, match="tuple"):
+        dataset[0]
+    with pytest.raises(TypeError):
+        dataset.__getitems__([0, 1])
+    with pytest.raises(TypeError):
+        IndexedDataset(ListDataset([torch.zeros(2)]))[0]
+
+
+def test_existing_key_raises_value_error():
+    dataset = IndexedDataset([{"x": 1, SAMPLE_INDEX_KEY: 0}])
+    with pytest.raises(ValueError, match=SAMPLE_INDEX_KEY):
+        dataset[0]
+
+
+@pytest.mark.parametrize("make", [lambda: ListDataset(make_rows()), make_hf_dataset])
+def test_pickling_for_workers(make):
+    dataset = IndexedDataset(make())
+    clone = pickle.loads(pickle.dumps(dataset))
+    assert len(clone) == len(dataset)
+    assert clone[3] == dataset[3]
+    assert clone.__getitems__([1, 2]) == dataset.__getitems__([1, 2])
+
+
+def test_missing_attribute_raises_attribute_error():
+    dataset = IndexedDataset(ListDataset(make_rows()))
+    with pytest.raises(AttributeError):
+        dataset.no_such_attribute
+    assert not hasattr(dataset, "no_such_attribute")
+
+
+# --- IndexCollator ---------------------------------------------------------------------------
+
+
+def test_collator_passes_indices_as_long_tensor():
+    dataset = IndexedDataset(ListDataset(make_rows()))
+    collate = IndexCollator(fresh_dict_collate)
+    batch = collate(dataset.__getitems__([5, 0, 9]))
+    assert batch[SAMPLE_INDEX_KEY].dtype == torch.long
+    assert batch[SAMPLE_INDEX_KEY].tolist() == [5, 0, 9]
+    assert batch["x"].tolist() == [50.0, 0.0, 90.0]
+    assert batch["labels"].tolist() == [2, 0, 0]
+
+
+def test_collator_with_default_collate():
+    dataset = IndexedDataset(ListDataset(make_rows()))
+    batch = IndexCollator(default_collate)(dataset.__getitems__([1, 2]))
+    assert batch[SAMPLE_INDEX_KEY].tolist() == [1, 2]
+    assert batch["label"].tolist() == [1, 2]
+    assert set(batch) == {"x", "label", SAMPLE_INDEX_KEY}
+
+
+def test_collator_does_not_modify_features():
+    features = IndexedDataset(ListDataset(make_rows())).__getitems__([0, 1])
+    IndexCollator(fresh_dict_collate)(features)
+    assert all(SAMPLE_INDEX_KEY in f for f in features)
+
+
+def test_rows_without_key_pass_through():
+    seen = []
+
+    def collate(features):
+        seen.append(features)
+        return {"n": len(features)}
+
+    rows = make_rows(3)
+    batch = IndexCollator(collate)(rows)
+    assert batch == {"n": 3}
+    assert seen[0] is rows
+    assert IndexCollator(lambda f: ("tuple", len(f)))([(1,), (2,)]) == ("tuple", 2)  # non-dict eval rows too
+    assert IndexCollator(lambda f: f)([]) == []
+
+
+def test_non_mapping_batch_raises_type_error():
+    features = IndexedDataset(ListDataset(make_rows())).__getitems__([0, 1])
+    with pytest.raises(TypeError, match="list"):
+        IndexCollator(lambda rows: [r["x"] for r in rows])(features)
+
+
+def test_dataloader_with_hiding_sampler():
+    n = 20
+    sampler = HidingSampler(n, seed=3)
+    sampler.set_epoch(1)
+    hidden = np.zeros(n, dtype=bool)
+    hidden[[2, 3, 11]] = True
+    sampler.set_hidden(hidden)
+    loader = DataLoader(IndexedDataset(make_hf_dataset(n)), batch_size=4, sampler=sampler,
+                        collate_fn=IndexCollator(fresh_dict_collate))
+    batches = list(loader)
+    indices = torch.cat([b[SAMPLE_INDEX_KEY] for b in batches]).tolist()
+    assert indices == list(sampler)
+    for b in batches:  # the data of each row matches its index
+        assert b["x"].tolist() == [float(i) for i in b[SAMPLE_INDEX_KEY].tolist()]

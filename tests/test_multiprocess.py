@@ -1,0 +1,259 @@
+"""Real multi-process training: `accelerate launch --multi_gpu --num_processes 2` on CPU (gloo).
+
+Two launches of `tests/mp_worker.py` (about a minute each on 2 cores, most of it imports):
+
+1. `first`: three runs in the same two processes
+   - `hide`: KakurenboTrainer, tiny ViT, hiding on, checkpoints every few steps (some mid-epoch);
+   - `f0`:   KakurenboTrainer with hiding_fraction=0, tiny DeiT;
+   - `plain`: transformers.Trainer, same DeiT, data and arguments.
+2. `resume`: from a mid-epoch checkpoint of `hide`, to the end, in a fresh launch.
+
+Each rank writes what it hid, what it trained on, what it refreshed, its per-step losses and its
+final weights; the tests compare the ranks' records with each other and with the expectations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "mp_worker.py")
+NUM_PROCESSES = 2
+BATCH_SIZE = 8  # per device
+NUM_SAMPLES = 150  # not a multiple of NUM_PROCESSES * BATCH_SIZE: even_batches pads
+EPOCHS = 4
+SAVE_STEPS = 7
+
+HIDE_RUN = dict(name="hide", model="vit", num_samples=NUM_SAMPLES, epochs=EPOCHS, batch_size=BATCH_SIZE,
+                hiding_fraction=0.5, confidence_threshold=0.42, save_steps=SAVE_STEPS)
+F0_RUN = dict(name="f0", trainer="kakurenbo", model="deit", num_samples=NUM_SAMPLES, epochs=3, batch_size=BATCH_SIZE,
+              hiding_fraction=0.0)
+PLAIN_RUN = dict(F0_RUN, name="plain", trainer="plain")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(out: str, runs: list[dict]) -> None:
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", str(NUM_PROCESSES), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
+        WORKER, "--out", out, "--runs", json.dumps(runs),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="",
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        pytest.fail(f"accelerate launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+
+
+def _records(out: str, name: str) -> list[dict]:
+    records = []
+    for rank in range(NUM_PROCESSES):
+        with open(os.path.join(out, name, f"rank{rank}.json")) as handle:
+            records.append(json.load(handle))
+    return records
+
+
+def _weights(out: str, name: str) -> list[dict[str, torch.Tensor]]:
+    return [load_file(os.path.join(out, name, f"weights_rank{rank}.safetensors")) for rank in range(NUM_PROCESSES)]
+
+
+def _assert_same_weights(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    differing = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not differing, f"{what}: {len(differing)} tensors differ, e.g. {differing[:3]}"
+
+
+def _loss_logs(record: dict, after_step: int = -1) -> list[tuple]:
+    return [(e["step"], e["loss"], e["grad_norm"], e["learning_rate"])
+            for e in record["log_history"] if "loss" in e and e["step"] > after_step]
+
+
+def _expected_shares(order: list[int], num_processes: int, batch_size: int) -> tuple[list[list[int]], int]:
+    """What accelerate's BatchSamplerShard (even_batches, no split) gives each rank from the global order.
+
+    Batch k of the order goes to rank k % P; the tail is padded to a multiple of P full batches by
+    cycling through the first P batches of the order. Returns (per-rank indices, number padded).
+    """
+    padded = list(order)
+    pad = (-len(order)) % (num_processes * batch_size)
+    initial = list(order[: num_processes * batch_size])
+    while len(initial) < num_processes * batch_size:
+        initial += initial
+    padded += initial[:pad]
+    batches = [padded[i : i + batch_size] for i in range(0, len(padded), batch_size)]
+    return [sum(batches[rank::num_processes], []) for rank in range(num_processes)], pad
+
+
+def _without_timing(plans: list[dict]) -> list[dict]:
+    """Epoch plans without their measured refresh time (differs across ranks and runs)."""
+    return [{key: value for key, value in plan.items() if key != "refresh_seconds"} for plan in plans]
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("mp_first"))
+    _launch(out, [HIDE_RUN, F0_RUN, PLAIN_RUN])
+    return out
+
+
+@pytest.fixture(scope="module")
+def resume(first, tmp_path_factory):
+    """A fresh launch resuming `hide` from a mid-epoch checkpoint of a hiding epoch (not the last)."""
+    plans = _records(first, "hide")[0]["plans"]
+    candidates = []
+    for step in _records(first, "hide")[0]["checkpoints"]:
+        plan = next((p for p in plans if p["start_step"] < step < p["start_step"] + p["update_steps"]), None)
+        if plan is not None and plan["num_hidden"] > 0 and plan["epoch"] < EPOCHS - 1:
+            candidates.append((step, plan))
+    assert candidates, f"no mid-epoch checkpoint in a hiding epoch; plans {plans}; change SAVE_STEPS"
+    step, plan = candidates[-1]
+    checkpoint = os.path.join(first, "hide", "output", f"checkpoint-{step}")
+    assert os.path.isfile(os.path.join(checkpoint, "kakurenbo_state.safetensors"))
+    out = str(tmp_path_factory.mktemp("mp_resume"))
+    _launch(out, [dict(HIDE_RUN, name="resume", save_steps=0, resume=checkpoint)])
+    return out, step, plan
+
+
+def test_runs_are_really_distributed(first):
+    for name in ("hide", "f0", "plain"):
+        for rank, record in enumerate(_records(first, name)):
+            world = record["world"]
+            assert world["process_index"] == rank
+            assert world["num_processes"] == NUM_PROCESSES == world["world_size"]
+            assert world["parallel_mode"] == "ParallelMode.DISTRIBUTED", world
+
+
+def test_hidden_sets_identical_across_ranks(first):
+    """(a) every rank hides the same samples every epoch, and later epochs do hide something."""
+    records = _records(first, "hide")
+    plans = records[0]["plans"]
+    assert [p["epoch"] for p in plans] == list(range(EPOCHS))
+    assert _without_timing(records[1]["plans"]) == _without_timing(plans)
+    for epoch in range(EPOCHS):
+        per_rank = [r["epochs"][str(epoch)] for r in records]
+        hidden = per_rank[0]["hidden"]
+        for rank_record in per_rank:
+            assert rank_record["hidden"] == hidden, f"epoch {epoch}: hidden sets differ across ranks"
+            assert rank_record["sampler_hidden"] == hidden, f"epoch {epoch}: sampler and engine disagree"
+            assert rank_record["order"] == per_rank[0]["order"], f"epoch {epoch}: epoch orders differ across ranks"
+            assert rank_record["sampler_epoch"] == epoch
+        assert len(hidden) == plans[epoch]["num_hidden"]
+        if epoch == 0:
+            assert hidden == [], "nothing may be hidden in the warm-up epoch"
+    hidden_counts = [len(records[0]["epochs"][str(e)]["hidden"]) for e in range(1, EPOCHS)]
+    assert all(count > 0 for count in hidden_counts), f"the tiny model hid nothing in some epoch: {hidden_counts}"
+    assert any(p["moved_back"] > 0 for p in plans), "no candidate was moved back: raise confidence_threshold"
+
+
+def test_ranks_share_the_visible_set(first):
+    """(b) the ranks' shares are disjoint apart from even_batches padding and cover exactly the visible set."""
+    records = _records(first, "hide")
+    padded_epochs = 0
+    for epoch in range(EPOCHS):
+        per_rank = [r["epochs"][str(epoch)] for r in records]
+        hidden = set(per_rank[0]["hidden"])
+        visible = set(range(NUM_SAMPLES)) - hidden
+        order = per_rank[0]["order"]
+        assert len(order) == len(visible) and set(order) == visible, f"epoch {epoch}: order is not the visible set"
+        expected, pad = _expected_shares(order, NUM_PROCESSES, BATCH_SIZE)
+        padded_epochs += pad > 0
+        trained = [rank_record["trained"] for rank_record in per_rank]
+        for rank in range(NUM_PROCESSES):
+            assert trained[rank] == expected[rank], f"epoch {epoch}, rank {rank}: not its BatchSamplerShard share"
+            assert not hidden & set(trained[rank]), f"epoch {epoch}: rank {rank} trained a hidden sample"
+        assert set().union(*map(set, trained)) == visible, f"epoch {epoch}: the ranks do not cover the visible set"
+        overlap = set(trained[0]) & set(trained[1])
+        assert overlap <= set(order[:pad]), f"epoch {epoch}: ranks overlap beyond the padding"
+        assert sum(map(len, trained)) == len(visible) + pad
+        steps = records[0]["plans"][epoch]["update_steps"]
+        assert len(trained[0]) == steps * BATCH_SIZE, f"epoch {epoch}: {len(trained[0])} samples in {steps} steps"
+    assert padded_epochs > 0, "no epoch exercised the even_batches padding"
+
+
+def test_final_weights_identical_across_ranks(first):
+    """(c) DDP keeps the replicas identical."""
+    for name in ("hide", "f0", "plain"):
+        weights = _weights(first, name)
+        _assert_same_weights(weights[0], weights[1], f"{name}: rank 0 vs rank 1")
+
+
+def test_no_hiding_matches_plain_trainer(first):
+    """(d) hiding_fraction=0 trains exactly like transformers.Trainer under the same launch."""
+    f0, plain = _records(first, "f0"), _records(first, "plain")
+    for rank in range(NUM_PROCESSES):
+        assert f0[rank]["steps"] == plain[rank]["steps"], f"rank {rank}: per-step losses differ"
+        assert _loss_logs(f0[rank]) == _loss_logs(plain[rank]), f"rank {rank}: logged losses differ"
+        assert f0[rank]["global_step"] == plain[rank]["global_step"]
+        assert f0[rank]["state_epoch"] == plain[rank]["state_epoch"] == F0_RUN["epochs"]
+        assert f0[rank]["refresh"] == []
+        assert all(e["hidden"] == [] for e in f0[rank]["epochs"].values())
+    assert len(f0[0]["steps"]) == F0_RUN["epochs"] * -(-NUM_SAMPLES // (NUM_PROCESSES * BATCH_SIZE))
+    f0_weights, plain_weights = _weights(first, "f0"), _weights(first, "plain")
+    for rank in range(NUM_PROCESSES):
+        _assert_same_weights(f0_weights[rank], plain_weights[rank], f"rank {rank}: f0 vs plain Trainer")
+
+
+def test_refresh_is_split_across_ranks(first):
+    """(e) each rank refreshes its own slice of last epoch's hidden samples; together all of them."""
+    records = _records(first, "hide")
+    refreshes = [r["refresh"] for r in records]
+    assert len(refreshes[0]) == len(refreshes[1]) == EPOCHS - 2  # before every epoch after the first hiding one
+    for passes in zip(*refreshes):
+        epoch = passes[0]["before_epoch"]
+        full = passes[0]["full"]
+        assert all(p["before_epoch"] == epoch and p["full"] == full for p in passes)
+        assert full == records[0]["epochs"][str(epoch - 1)]["hidden"], f"epoch {epoch}: refreshed not last hidden set"
+        mine = [p["mine"] for p in passes]
+        for rank in range(NUM_PROCESSES):
+            assert mine[rank] == full[rank::NUM_PROCESSES], f"epoch {epoch}: rank {rank} refreshed the wrong share"
+            assert 0 < len(mine[rank]) < len(full), f"epoch {epoch}: rank {rank} refreshed {len(mine[rank])}/{len(full)}"
+        assert not set(mine[0]) & set(mine[1])
+        assert sorted(mine[0] + mine[1]) == sorted(full)
+
+
+def test_resume_in_two_processes_is_exact(first, resume):
+    """(f) resuming from a mid-epoch checkpoint in a fresh launch reproduces the uninterrupted run."""
+    out, step, plan = resume
+    full, resumed = _records(first, "hide"), _records(out, "resume")
+    epoch = plan["epoch"]
+    done = step - plan["start_step"]
+    for rank in range(NUM_PROCESSES):
+        got, want = resumed[rank], full[rank]
+        assert got["world"]["parallel_mode"] == "ParallelMode.DISTRIBUTED"
+        assert sorted(map(int, got["epochs"])) == list(range(epoch, EPOCHS))
+        for e in range(epoch, EPOCHS):
+            g, w = got["epochs"][str(e)], want["epochs"][str(e)]
+            assert g["hidden"] == w["hidden"], f"rank {rank}, epoch {e}: hidden sets differ after resume"
+            assert g["order"] == w["order"], f"rank {rank}, epoch {e}: epoch order differs after resume"
+            skipped = done * BATCH_SIZE if e == epoch else 0
+            assert g["trained"] == w["trained"][skipped:], f"rank {rank}, epoch {e}: trained other samples"
+        assert got["refresh"] == [r for r in want["refresh"] if r["before_epoch"] > epoch]
+        assert _without_timing(got["plans"]) == _without_timing(want["plans"])
+        assert got["steps"][0][0] == step, "the resumed run did not start at the checkpoint's step"
+        assert got["steps"] == [s for s in want["steps"] if s[0] >= step], f"rank {rank}: per-step losses differ"
+        # The log history up to the checkpoint comes back from its trainer_state.json.
+        assert _loss_logs(got) == _loss_logs(want), f"rank {rank}: logged losses differ"
+        assert _loss_logs(got, after_step=step), "the resumed run logged no loss"
+        assert got["global_step"] == want["global_step"]
+        assert got["state_epoch"] == pytest.approx(want["state_epoch"])
+    resumed_weights, full_weights = _weights(out, "resume"), _weights(first, "hide")
+    _assert_same_weights(resumed_weights[0], resumed_weights[1], "resume: rank 0 vs rank 1")
+    for rank in range(NUM_PROCESSES):
+        _assert_same_weights(resumed_weights[rank], full_weights[rank], f"rank {rank}: resumed vs uninterrupted")
