@@ -4,8 +4,8 @@ Trains the same model (same initial weights per seed) on the same data with ever
 the same seeds and epochs, runs interleaved (seed 0: A B C, seed 1: A B C, ...) so that machine
 drift hits every method alike, and evaluates top-1 on the test split after every epoch.
 
-Usage (reference workload: ViT, 32x32 fractal images (10 classes x 64), patch 8, hidden 64,
-4 layers, 8 epochs, batch 32, CPU; sized for a shared 2-core machine):
+Usage (reference workload: ViT, 32x32 fractal images (10 classes x 150 train, x 50 test), patch
+8, hidden 64, 4 layers, 12 epochs, batch 32, AdamW lr 2e-3 cosine; one torch thread on CPU):
 
     python -m benchmarks.compare                                   # baseline kakurenbo random x seeds 0 1 2
     python -m benchmarks.compare --methods baseline kakurenbo --seeds 0 1
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--methods", nargs="+", default=["baseline", "kakurenbo", "random"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help=common.THREADS_HELP)
     parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "compare.json"))
     parser.add_argument("--no-plots", action="store_true")
     common.add_workload_arguments(parser)

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--repeats", type=int, default=5, help="interleaved (Trainer, Kakurenbo) pairs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help=common.THREADS_HELP)
     parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "overhead.json"))
     common.add_workload_arguments(parser, epochs=2)
     return parser

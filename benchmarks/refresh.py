@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default="kakurenbo", help="a compare-style method spec (default: kakurenbo)")
     parser.add_argument("--repeats", type=int, default=3, help="timed direct refresh passes over all N samples")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help=common.THREADS_HELP)
     parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "refresh.json"))
     common.add_workload_arguments(parser, epochs=4)
     return parser

@@ -5,10 +5,11 @@ number of visible samples of the current epoch.
 
 - Global: the same order and length on every rank. Accelerate shards it (`BatchSamplerShard`:
   batch k goes to rank k % P), so each rank gets a disjoint share of the visible set.
-- The order of epoch e is the permutation `torch.randperm(N)` drawn from a generator seeded with
-  `seed + epoch`, with the hidden samples removed. That is exactly the order accelerate's
-  `SeedableRandomSampler` gives the plain Trainer, so with nothing hidden both see the same
-  batches, and the visible set is still uniformly shuffled. The global RNG is never touched.
+- The order of epoch e is the visible indices (ascending) permuted by `torch.randperm(V)` drawn
+  from a generator seeded with `seed + epoch` (V = number of visible samples): a uniform shuffle
+  of the visible set. With nothing hidden it is `torch.randperm(N)` itself, exactly the order
+  accelerate's `SeedableRandomSampler` gives the plain Trainer, so both see the same batches.
+  The global RNG is never touched. Cost: about 0.5 s for N = 1e7 on one CPU core.
 - `set_epoch` is idempotent: Trainer and accelerate both call it.
 
 Deliberately not a `RandomSampler` subclass (accelerate would swap it for its own) and without a
@@ -50,11 +51,15 @@ class HidingSampler(Sampler[int]):
         return self.num_samples - int(np.count_nonzero(self.hidden))
 
     def epoch_order(self) -> np.ndarray:
-        """The indices of this epoch, in order (int64 array, cached until the epoch or mask changes)."""
+        """The indices of this epoch, in order (integer array, cached until the epoch or mask changes)."""
         if self._order is None:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            permutation = torch.randperm(self.num_samples, generator=generator).numpy()
-            self._order = permutation[~self.hidden[permutation]] if self.hidden.any() else permutation
+            num_visible = self.num_visible
+            # int32 draws the same permutation as the default int64, faster and in half the memory.
+            dtype = torch.int32 if num_visible < 2**31 else torch.int64
+            permutation = torch.randperm(num_visible, generator=generator, dtype=dtype).numpy()
+            # Permuting the visible indices, not filtering a permutation of all N: half the time.
+            self._order = np.flatnonzero(~self.hidden)[permutation] if num_visible < self.num_samples else permutation
         return self._order
 
     def __iter__(self):

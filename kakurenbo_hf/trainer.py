@@ -256,7 +256,6 @@ class KakurenboTrainer(Trainer):
         self._recorder = StatsRecorder(self.hiding_engine.stats)
         if self._resumed_hiding_state is not None:
             self.hiding_engine.load_state_dict(self._resumed_hiding_state)
-            self._resumed_hiding_state = None
         self.hiding_sampler.seed = self.hiding_engine.seed
 
     def _plan_epoch(self, model, epoch: int) -> EpochPlan:
@@ -323,10 +322,14 @@ class KakurenboTrainer(Trainer):
         return self.lr_scheduler
 
     def train(self, *args, **kwargs):
+        self._resumed_hiding_state = None  # set again by _load_from_checkpoint when resuming
+        return super().train(*args, **kwargs)
+
+    def _inner_training_loop(self, *args, **kwargs):
+        # A fresh engine per loop (auto_find_batch_size retries it); a resumed state is reloaded.
         self.hiding_engine = None
         self._recorder = None
-        self._resumed_hiding_state = None
-        return super().train(*args, **kwargs)
+        return super()._inner_training_loop(*args, **kwargs)
 
     # --- checkpoints and resume ----------------------------------------------------------------
 

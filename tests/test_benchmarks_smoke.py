@@ -87,3 +87,25 @@ def test_refresh_smoke(tmp_path):
     refresh.main(TINY + ["--dataset", "synthetic", "--epochs", "2", "--repeats", "1", "--output", str(out)])
     record = _load(out)
     assert record["ratio_direct"] > 0 and record["verdict"] in ("PASS", "MISS")
+
+
+@pytest.mark.slow
+def test_sync_smoke_two_processes(tmp_path):
+    """The synchronisation benchmark under a real 2-process launch (gloo on CPU)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "sync.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--main_process_port", str(port), "-m", "benchmarks.sync", "--cpu", "--num-samples", "5000",
+         "--trials", "1", "--output", str(out)],
+        check=True, cwd=_ROOT, env=env, timeout=600,
+    )
+    record = _load(out)
+    assert record["processes"] == 2 and record["num_samples"] == 5000
+    assert record["median"]["flush_seconds"] > 0

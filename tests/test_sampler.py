@@ -27,14 +27,15 @@ def test_nothing_hidden_equals_plain_trainer_order():
         assert len(sampler) == n
 
 
-def test_hidden_removed_and_order_kept():
+def test_hidden_removed_and_visible_set_shuffled_by_seed_and_epoch():
     n, seed, epoch = 200, 3, 5
     hidden = random_mask(n, 0.3)
     sampler = HidingSampler(n, seed=seed)
     sampler.set_epoch(epoch)
     sampler.set_hidden(hidden)
     order = list(sampler)
-    expected = [i for i in plain_trainer_order(n, seed, epoch) if not hidden[i]]
+    visible = np.flatnonzero(~hidden)
+    expected = [int(visible[j]) for j in plain_trainer_order(len(visible), seed, epoch)]
     assert order == expected
     assert len(sampler) == len(order) == int((~hidden).sum()) == sampler.num_visible
     assert not any(hidden[i] for i in order)
@@ -87,7 +88,8 @@ def test_set_hidden_takes_effect_and_copies():
     mask = np.zeros(20, dtype=bool)
     mask[[0, 5, 7]] = True
     sampler.set_hidden(mask)
-    assert list(sampler) == [i for i in full if i not in (0, 5, 7)]
+    shuffled = list(sampler)
+    assert sorted(shuffled) == [i for i in range(20) if i not in (0, 5, 7)] and shuffled != sorted(shuffled)
     mask[:] = True  # later edits of the caller's array do not leak in
     assert len(sampler) == 17
     sampler.set_hidden([0] * 20)  # any array-like of booleans

@@ -465,3 +465,19 @@ def test_vit_checkpoint_weights_really_load(tmp_path, train_set):
     trainer._load_from_checkpoint(checkpoint)
     loaded = trainer.model.state_dict()
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+
+
+def test_hiding_state_is_written_before_the_trainers_own_files(tmp_path, train_set):
+    """So that a hub push of the checkpoint (queued inside the Trainer's save) carries it."""
+    present_at_model_save = []
+
+    class Spy(KakurenboTrainer):
+        def save_model(self, output_dir=None, _internal_call=False):
+            if _internal_call:
+                present_at_model_save.append(os.path.isfile(os.path.join(output_dir, HIDING_STATE_NAME)))
+            super().save_model(output_dir, _internal_call)
+
+    trainer = Spy(model=make_vit(seed=3), args=kakurenbo_args(tmp_path, num_train_epochs=2, save_strategy="epoch"),
+                  train_dataset=train_set, data_collator=collate)
+    trainer.train()
+    assert present_at_model_save == [True, True]

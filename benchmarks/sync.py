@@ -1,0 +1,123 @@
+"""Cost of the per-epoch statistics synchronisation across ranks.
+
+Each rank records its share of N samples in batches (what `compute_loss` does during an epoch),
+then `StatsRecorder.flush(gather)` gathers every rank's records and writes the full table on
+every rank (what `KakurenboTrainer` does at each epoch start). Reported: the flush's time, the
+gather alone (`accelerator.pad_across_processes` + `accelerator.gather` of the packed records),
+the per-batch cost of recording (the training hot path) and one `SampleStats.update` of N values;
+and, for the alternative design, what a gather at every step would cost: one gather of a batch's
+packed records, times the steps of an epoch.
+
+Usage (2 CPU processes with gloo; on GPUs drop --cpu):
+
+    accelerate launch --multi_gpu --num_processes 2 -m benchmarks.sync --cpu
+    accelerate launch --multi_gpu --num_processes 2 -m benchmarks.sync --cpu --num-samples 100000 --trials 1
+    python -m benchmarks.sync --cpu        # one process: the flush without a gather
+
+Output: Markdown table on stdout (rank 0), JSON at `--output` (default benchmarks/results/sync.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from kakurenbo_hf.recorder import StatsRecorder
+from kakurenbo_hf.stats import SampleStats
+
+from . import common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.sync", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--num-samples", type=int, default=1_000_000, help="N, the training-set size")
+    parser.add_argument("--batch-size", type=int, default=256, help="per-rank batch of each record")
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--cpu", action="store_true", help="run on CPU (gloo) even where a GPU exists")
+    parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "sync.json"))
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    accelerator = Accelerator(cpu=args.cpu)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    device = accelerator.device
+
+    def gather(tensor):
+        return accelerator.gather(accelerator.pad_across_processes(tensor, dim=0, pad_index=-1))
+
+    order = torch.randperm(args.num_samples, generator=torch.Generator().manual_seed(0))
+    mine = order[rank::world].to(device)
+    trials = []
+    for _ in range(args.trials):
+        recorder = StatsRecorder(SampleStats(args.num_samples))
+        accelerator.wait_for_everyone()
+        started = time.perf_counter()
+        batches = 0
+        for step, start in enumerate(range(0, mine.numel(), args.batch_size)):
+            indices = mine[start : start + args.batch_size]
+            n = indices.numel()
+            recorder.add(indices, torch.rand(n, device=device), torch.rand(n, device=device),
+                         torch.rand(n, device=device) > 0.5, step=step)
+            batches += 1
+        record_seconds = time.perf_counter() - started
+        accelerator.wait_for_everyone()
+        started = time.perf_counter()
+        written = recorder.flush(gather if world > 1 else None)
+        flush_seconds = time.perf_counter() - started
+        packed = torch.zeros(mine.numel(), 5, dtype=torch.float64, device=device)
+        accelerator.wait_for_everyone()
+        started = time.perf_counter()
+        gather(packed)
+        gather_seconds = time.perf_counter() - started
+        step_packed = torch.zeros(args.batch_size, 5, dtype=torch.float64, device=device)
+        step_trials = 50
+        accelerator.wait_for_everyone()
+        started = time.perf_counter()
+        for _ in range(step_trials):
+            gather(step_packed)
+        per_step_gather_seconds = (time.perf_counter() - started) / step_trials
+        table = SampleStats(args.num_samples)
+        values = np.random.default_rng(0)
+        started = time.perf_counter()
+        table.update(values.permutation(args.num_samples), values.random(args.num_samples),
+                     values.random(args.num_samples), values.random(args.num_samples) > 0.5)
+        update_seconds = time.perf_counter() - started
+        assert written == args.num_samples, written
+        trials.append(dict(flush_seconds=flush_seconds, gather_seconds=gather_seconds,
+                           per_step_gather_us=1e6 * per_step_gather_seconds,
+                           per_step_gather_epoch_seconds=per_step_gather_seconds * batches,
+                           record_us_per_batch=1e6 * record_seconds / batches, update_seconds=update_seconds))
+    summary = {key: statistics.median(t[key] for t in trials) for key in trials[0]}
+    record = dict(machine=common.machine_info(), command=common.command_line("benchmarks.sync", argv), processes=world,
+                  device=str(device), num_samples=args.num_samples, batch_size=args.batch_size,
+                  trials=trials, median=summary)
+    if accelerator.is_main_process:
+        md = (
+            f"| N | processes | flush per epoch (s) | gather alone (s) | record per batch (us) | table update of N (s) "
+            f"| per-step gather (us) | per-step gathers of one epoch (s) |\n"
+            f"|---|---|---|---|---|---|---|---|\n"
+            f"| {args.num_samples:,} | {world} | {summary['flush_seconds']:.3f} | {summary['gather_seconds']:.3f} | "
+            f"{summary['record_us_per_batch']:.1f} | {summary['update_seconds']:.3f} | "
+            f"{summary['per_step_gather_us']:.0f} | {summary['per_step_gather_epoch_seconds']:.3f} |"
+        )
+        record["markdown"] = md
+        common.write_json(args.output, record)
+        print(md)
+        print(f"\nwrote {args.output}")
+    accelerator.wait_for_everyone()
+    return record
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
