@@ -83,6 +83,15 @@ def write_json(path: str, record: dict) -> str:
     return path
 
 
+def publish(path: str, record: dict, markdown: str) -> dict:
+    """Store `markdown` in the record, write the JSON to `path`, print the table."""
+    record["markdown"] = markdown
+    write_json(path, record)
+    print(markdown)
+    print(f"\nwrote {path}")
+    return record
+
+
 def _json_default(value):
     if isinstance(value, (np.integer,)):
         return int(value)

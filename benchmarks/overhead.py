@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     record.update(runs=runs, ratio_median=ratio, ratio_min=min(kak_t) / min(base_t), pair_ratios=pair_ratios,
                   verdict=verdict, losses_identical=identical, kakurenbo_losses_identical=kak_identical,
                   first_difference=first_diff, markdown=md)
-    common.write_json(args.output, record)
-    print(md)
-    print(f"\nwrote {args.output}")
+    common.publish(args.output, record, md)
     if not kak_identical:
         raise AssertionError(f"KakurenboTrainer(hiding_fraction=0) loss history differs from Trainer's: {first_diff}")
     return record

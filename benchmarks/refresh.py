@@ -107,9 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
                   refresh_logged_seconds_per_sample=logged_per_sample, refresh_direct_seconds=direct,
                   refresh_direct_seconds_per_sample=direct_per_sample, ratio_direct=ratio_direct,
                   ratio_logged=ratio_logged, verdict=verdict, markdown=md)
-    common.write_json(args.output, record)
-    print(md)
-    print(f"\nwrote {args.output}")
+    common.publish(args.output, record, md)
     return record
 
 

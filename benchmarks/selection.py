@@ -219,10 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
                f"**{record['verdict']['time']}**, median {r['kakurenbo_seconds_median']:.3f} s), state "
                f"{r['state_bytes_per_sample']:.1f} B/sample (SampleStats.nbytes + hidden mask; target <= "
                f"{TARGET_BYTES_PER_SAMPLE:.0f}: **{record['verdict']['memory']}**). Peak memory method: {r['peak_method']}.")
-    record["markdown"] = md
-    common.write_json(args.output, record)
-    print(md)
-    print(f"\nwrote {args.output}")
+    common.publish(args.output, record, md)
     return record
 
 

@@ -111,10 +111,7 @@ def main(argv=None) -> dict:
             f"{summary['record_us_per_batch']:.1f} | {summary['update_seconds']:.3f} | "
             f"{summary['per_step_gather_us']:.0f} | {summary['per_step_gather_epoch_seconds']:.3f} |"
         )
-        record["markdown"] = md
-        common.write_json(args.output, record)
-        print(md)
-        print(f"\nwrote {args.output}")
+        common.publish(args.output, record, md)
     accelerator.wait_for_everyone()
     return record
 

@@ -39,7 +39,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 import transformers
 from transformers import (
     AutoConfig,

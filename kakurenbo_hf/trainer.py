@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
+import datasets
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
@@ -138,14 +139,9 @@ class KakurenboTrainer(Trainer):
         self._check_train_dataset(self.train_dataset)
         self._check_hiding_arguments()
         dataset = self.train_dataset
-        try:
-            import datasets
-
-            if isinstance(dataset, datasets.Dataset):
-                # What the Trainer would do to this dataset; a column view, no row is copied.
-                dataset = self._remove_unused_columns(dataset, description="training")
-        except ImportError:
-            pass
+        if isinstance(dataset, datasets.Dataset):
+            # What the Trainer would do to this dataset; a column view, no row is copied.
+            dataset = self._remove_unused_columns(dataset, description="training")
         self._indexed_train_dataset = IndexedDataset(dataset)
         dataloader = self._get_dataloader(
             dataset=self._indexed_train_dataset,
@@ -344,16 +340,7 @@ class KakurenboTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         target = model if model is not None else self.model
-        if _checkpoint_keys_differ(resume_from_checkpoint, target):
-            # transformers saves some models (ViT, DeiT) under their Hub key names and the Trainer
-            # reloads them unconverted: it warns about missing keys and goes on from fresh weights.
-            # from_pretrained knows the conversion; copy its result in place.
-            logger.info("Loading %s through from_pretrained (its key names differ).", resume_from_checkpoint)
-            dtype = next(target.parameters()).dtype
-            reloaded = type(target).from_pretrained(resume_from_checkpoint, config=target.config, dtype=dtype)
-            target.load_state_dict(reloaded.state_dict(), strict=True)
-            del reloaded
-        else:
+        if not _load_with_key_conversion(resume_from_checkpoint, target):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
         state = load_hiding_state(resume_from_checkpoint)
         if state is None:
@@ -361,6 +348,17 @@ class KakurenboTrainer(Trainer):
         else:
             HidingEngine.check_state(state, len(self.train_dataset))
         self._resumed_hiding_state = state
+
+    def _load_best_model(self) -> None:
+        # Same upstream key-name problem as on resume (load_best_model_at_end with ViT/DeiT).
+        if not _load_with_key_conversion(self.state.best_model_checkpoint, self.model):
+            super()._load_best_model()
+
+    def _finalize_training(self, trial, num_train_samples, start_time):
+        # The Trainer assumes full epochs; count the samples really trained for its speed metrics.
+        if self.hiding_engine is not None and self.hiding_engine.enabled:
+            num_train_samples = sum(plan.num_samples - plan.num_hidden for plan in self.hiding_engine.plans)
+        return super()._finalize_training(trial, num_train_samples, start_time)
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
         epochs_trained, steps_trained = super()._init_training_state(
@@ -377,6 +375,23 @@ class KakurenboTrainer(Trainer):
                 epochs_trained = last["epoch"]
                 steps_trained = 0 if self.args.ignore_data_skip else done_in_epoch * self.args.gradient_accumulation_steps
         return epochs_trained, steps_trained
+
+
+def _load_with_key_conversion(folder: str, model) -> bool:
+    """Load `folder`'s weights into `model` through `from_pretrained` if their key names differ.
+
+    transformers saves some models (ViT, DeiT) under their Hub key names, and the Trainer reloads
+    checkpoints unconverted: it warns about missing keys and goes on with the weights it had.
+    `from_pretrained` knows the conversion; its result is copied in place. Returns False (nothing
+    done) when the names match or the model is not a plain `PreTrainedModel`.
+    """
+    if not _checkpoint_keys_differ(folder, model):
+        return False
+    logger.info("Loading %s through from_pretrained (its key names differ from the model's).", folder)
+    dtype = next(model.parameters()).dtype
+    reloaded = type(model).from_pretrained(folder, config=model.config, dtype=dtype)
+    model.load_state_dict(reloaded.state_dict(), strict=True)
+    return True
 
 
 def _checkpoint_keys_differ(folder: str, model) -> bool:

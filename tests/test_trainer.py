@@ -481,3 +481,29 @@ def test_hiding_state_is_written_before_the_trainers_own_files(tmp_path, train_s
                   train_dataset=train_set, data_collator=collate)
     trainer.train()
     assert present_at_model_save == [True, True]
+
+
+def test_best_vit_model_really_loads_at_end(tmp_path, train_set, eval_set):
+    """load_best_model_at_end hits the same key-name problem as resume; the best weights must load."""
+    trainer = KakurenboTrainer(
+        model=make_vit(seed=3),
+        args=kakurenbo_args(tmp_path, num_train_epochs=3, eval_strategy="epoch", save_strategy="epoch",
+                            load_best_model_at_end=True, metric_for_best_model="eval_accuracy",
+                            greater_is_better=True),
+        train_dataset=train_set, eval_dataset=eval_set, data_collator=collate, compute_metrics=accuracy)
+    trainer.train()
+    best = ViTForImageClassification.from_pretrained(trainer.state.best_model_checkpoint).state_dict()
+    assert all(torch.equal(best[k], v) for k, v in trainer.model.state_dict().items())
+    with torch.no_grad():  # whichever checkpoint was best, loading it must overwrite these
+        for parameter in trainer.model.parameters():
+            parameter.zero_()
+    trainer._load_best_model()
+    assert all(torch.equal(best[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_speed_metrics_count_the_samples_really_trained(hiding_run):
+    trainer, _ = hiding_run
+    metrics = [e for e in trainer.state.log_history if "train_samples_per_second" in e][-1]
+    trained = sum(p.num_samples - p.num_hidden for p in trainer.hiding_engine.plans)
+    assert trained < 4 * 160
+    assert metrics["train_samples_per_second"] * metrics["train_runtime"] == pytest.approx(trained, rel=0.02)
