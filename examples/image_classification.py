@@ -440,6 +440,12 @@ def main(args_list=None):
         data_collator=make_collate_fn(data_args.label_column_name),
     )
 
+    return train_and_evaluate(trainer, training_args, "image_classification", num_labels=len(labels))
+
+
+def train_and_evaluate(trainer, training_args, name, num_labels):
+    """The HF recipe's tail: train (resuming if asked), save, log and save metrics, evaluate,
+    and print a one-line summary. Returns the train and eval metrics."""
     results = {}
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -453,15 +459,13 @@ def main(args_list=None):
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         results.update(metrics)
-
     if trainer.is_world_process_zero():
-        chance = 1.0 / len(labels)
         summary = []
         if "train_runtime" in results:
             summary.append(f"train_runtime={results['train_runtime']:.1f}s train_loss={results.get('train_loss', float('nan')):.4f}")
         if "eval_accuracy" in results:
-            summary.append(f"eval_accuracy={results['eval_accuracy']:.4f} (chance {chance:.3f})")
-        print("[image_classification] " + "  ".join(summary), flush=True)
+            summary.append(f"eval_accuracy={results['eval_accuracy']:.4f} (chance {1 / num_labels:.3f})")
+        print(f"[{name}] " + "  ".join(summary), flush=True)
     return results
 
 

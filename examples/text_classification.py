@@ -52,7 +52,7 @@ from transformers import (
 from transformers.utils import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from image_classification import accuracy_metric, parse_args, setup_logging  # noqa: E402
+from image_classification import accuracy_metric, parse_args, setup_logging, train_and_evaluate  # noqa: E402
 
 from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments  # noqa: E402
 
@@ -286,27 +286,7 @@ def main(args_list=None):
         compute_metrics=accuracy_metric(),
     )
 
-    results = {}
-    if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", train_result.metrics)
-        trainer.save_metrics("train", train_result.metrics)
-        trainer.save_state()
-        results.update(train_result.metrics)
-    if training_args.do_eval:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-        results.update(metrics)
-    if trainer.is_world_process_zero():
-        parts = []
-        if "train_runtime" in results:
-            parts.append(f"train_runtime={results['train_runtime']:.1f}s train_loss={results.get('train_loss', float('nan')):.4f}")
-        if "eval_accuracy" in results:
-            parts.append(f"eval_accuracy={results['eval_accuracy']:.4f} (chance {1 / len(labels):.3f})")
-        print("[text_classification] " + "  ".join(parts), flush=True)
-    return results
+    return train_and_evaluate(trainer, training_args, "text_classification", num_labels=len(labels))
 
 
 if __name__ == "__main__":
