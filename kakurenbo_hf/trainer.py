@@ -237,9 +237,7 @@ class KakurenboTrainer(Trainer):
                     with self.autocast_smart_context_manager():
                         outputs = unwrapped(**batch)
                     sample_loss, confidence, correct = self.per_sample_statistics_fn(outputs, self._labels_of(batch))
-                    self._recorder.add(
-                        sample_indices.to(sample_loss.device), sample_loss, confidence, correct, self.state.global_step
-                    )
+                    self._recorder.add(sample_indices, sample_loss, confidence, correct, self.state.global_step)
         finally:
             unwrapped.train(was_training)
 
