@@ -41,6 +41,7 @@ from transformers.utils import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from image_classification import (  # noqa: E402
+    TRAINING_DEFAULTS,  # training defaults of both phases (any can be overridden on the command line)
     HfArgumentParser,
     accuracy_metric,
     make_collate_fn,
@@ -54,19 +55,6 @@ from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments  # noqa: E
 logger = logging.get_logger("fractal_pretrain")
 
 DEFAULT_OUTPUT_DIR = "outputs/fractal_pretrain"
-# Training defaults of both phases (any of them can be overridden on the command line).
-TRAINING_DEFAULTS = [
-    "--learning_rate", "2e-3",
-    "--weight_decay", "0.05",
-    "--warmup_steps", "0.1",
-    "--per_device_train_batch_size", "32",
-    "--per_device_eval_batch_size", "64",
-    "--eval_strategy", "no",
-    "--save_strategy", "no",
-    "--logging_strategy", "epoch",
-    "--report_to", "none",
-    "--seed", "42",
-]
 
 
 @dataclass

@@ -74,11 +74,8 @@ from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
 logger = logging.get_logger("image_classification")
 
 DEFAULT_OUTPUT_DIR = "outputs/image_classification"
-# Used when the script is run with no argument at all: a short CPU run that learns the fractals.
-DEFAULT_ARGS = [
-    "--do_train",
-    "--do_eval",
-    "--num_train_epochs", "10",
+# A short CPU recipe that learns the fractals (shared with fractal_pretrain.py).
+TRAINING_DEFAULTS = [
     "--learning_rate", "2e-3",
     "--weight_decay", "0.05",
     "--warmup_steps", "0.1",
@@ -91,6 +88,8 @@ DEFAULT_ARGS = [
     "--report_to", "none",
     "--seed", "42",
 ]
+# Used when the script is run with no argument at all.
+DEFAULT_ARGS = ["--do_train", "--do_eval", "--num_train_epochs", "10"] + TRAINING_DEFAULTS
 
 
 @dataclass
