@@ -455,7 +455,10 @@ def sample_counts(num_samples: int, epochs: int, hiding: list[dict], refresh_hid
     """
     hidden = [int(h["hidden"]) for h in hiding] if hiding else [0] * epochs
     trained = sum(num_samples - h for h in hidden)
-    refreshed = sum(hidden[:-1]) if refresh_hidden else 0
+    if hiding and "refreshed" in hiding[0]:  # logged by the trainer (refresh_fraction < 1 refreshes a slice)
+        refreshed = sum(int(h["refreshed"]) for h in hiding)
+    else:
+        refreshed = sum(hidden[:-1]) if refresh_hidden else 0
     return {"trained_samples": trained, "refresh_samples": refreshed, "hidden_per_epoch": hidden}
 
 

@@ -1,12 +1,12 @@
 """Cost of the per-epoch statistics synchronisation across ranks.
 
 Each rank records its share of N samples in batches (what `compute_loss` does during an epoch),
-then `StatsRecorder.flush(gather)` gathers every rank's records and writes the full table on
-every rank (what `KakurenboTrainer` does at each epoch start). Reported: the flush's time, the
-gather alone (`accelerator.pad_across_processes` + `accelerator.gather` of the packed records),
-the per-batch cost of recording (the training hot path) and one `SampleStats.update` of N values;
-and, for the alternative design, what a gather at every step would cost: one gather of a batch's
-packed records, times the steps of an epoch.
+then `StatsRecorder.flush(transport)` sends every rank's records, 15 bytes each, to the main
+process, which writes the table (what `KakurenboTrainer` does at each epoch start). Reported: the
+flush's time, the transfer alone (`gather` of the packed records to the main process), the
+per-batch cost of recording (the training hot path) and one `SampleStats.update` of N values;
+and, for the alternative design, what a transfer at every step would cost: one gather of a
+batch's packed records, times the steps of an epoch.
 
 Usage (2 CPU processes with gloo; on GPUs drop --cpu):
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from kakurenbo_hf.distributed import MainProcessTransport
 from kakurenbo_hf.recorder import StatsRecorder
 from kakurenbo_hf.stats import SampleStats
 
@@ -53,14 +54,18 @@ def main(argv=None) -> dict:
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
 
+    transport = MainProcessTransport(device) if world > 1 else None
+    record_size = StatsRecorder(None, num_samples=args.num_samples).dtype.itemsize
+
     def gather(tensor):
-        return accelerator.gather(accelerator.pad_across_processes(tensor, dim=0, pad_index=-1))
+        return transport.gather_to_main(tensor) if transport is not None else [tensor]
 
     order = torch.randperm(args.num_samples, generator=torch.Generator().manual_seed(0))
     mine = order[rank::world].to(device)
     trials = []
     for _ in range(args.trials):
-        recorder = StatsRecorder(SampleStats(args.num_samples))
+        recorder = StatsRecorder(SampleStats(args.num_samples) if accelerator.is_main_process else None,
+                                 num_samples=args.num_samples)
         accelerator.wait_for_everyone()
         started = time.perf_counter()
         batches = 0
@@ -73,14 +78,14 @@ def main(argv=None) -> dict:
         record_seconds = time.perf_counter() - started
         accelerator.wait_for_everyone()
         started = time.perf_counter()
-        written = recorder.flush(gather if world > 1 else None)
+        written = recorder.flush(transport)
         flush_seconds = time.perf_counter() - started
-        packed = torch.zeros(mine.numel(), 5, dtype=torch.float64, device=device)
+        packed = torch.zeros(mine.numel() * record_size, dtype=torch.uint8, device=device)
         accelerator.wait_for_everyone()
         started = time.perf_counter()
         gather(packed)
         gather_seconds = time.perf_counter() - started
-        step_packed = torch.zeros(args.batch_size, 5, dtype=torch.float64, device=device)
+        step_packed = torch.zeros(args.batch_size * record_size, dtype=torch.uint8, device=device)
         step_trials = 50
         accelerator.wait_for_everyone()
         started = time.perf_counter()
@@ -93,7 +98,7 @@ def main(argv=None) -> dict:
         table.update(values.permutation(args.num_samples), values.random(args.num_samples),
                      values.random(args.num_samples), values.random(args.num_samples) > 0.5)
         update_seconds = time.perf_counter() - started
-        assert written == args.num_samples, written
+        assert written == (args.num_samples if accelerator.is_main_process else 0), written
         trials.append(dict(flush_seconds=flush_seconds, gather_seconds=gather_seconds,
                            per_step_gather_us=1e6 * per_step_gather_seconds,
                            per_step_gather_epoch_seconds=per_step_gather_seconds * batches,

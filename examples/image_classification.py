@@ -3,20 +3,33 @@
 (transformers' examples/pytorch/image-classification/run_image_classification.py) with
 `KakurenboTrainer` / `KakurenboTrainingArguments` in place of `Trainer` / `TrainingArguments`.
 
-Default run (no arguments: offline fractal data, 10 classes x 80 train / 10 test images at 32 px,
-a tiny DeiT built from a `DeiTConfig` (patch 8, hidden 96, 4 layers; 10 epochs, lr 2e-3), do_train + do_eval, output in outputs/image_classification;
-a few minutes on a 2-core CPU):
+Default run (no arguments): trains a tiny DeiT from scratch (random init from a `DeiTConfig`:
+32 px, patch 8, hidden 96, 4 layers) on embedded, formula-driven fractal images (10 classes x 80
+train / 10 test at 32 px; nothing is downloaded), for 10 epochs with hiding (F = 0.3), then
+evaluates it; output in outputs/image_classification:
 
     python examples/image_classification.py
 
-Any argument of the HF recipe works, plus every `TrainingArguments` field and the hiding fields of
-`kakurenbo_hf/config.py` (`--hiding_fraction`, `--confidence_threshold`, `--hiding_strategy`, ...).
-With arguments given, only `--output_dir` keeps its default here; the other training defaults are
-those of `TrainingArguments` (as in the HF recipe), so pass e.g.:
+Defaults. Every run starts from this recipe's defaults (`DEFAULT_ARGS`: 10 epochs, lr 2e-3,
+weight decay 0.05, warm-up 0.1, train batch 32, eval batch 64, no checkpoints, logging per epoch,
+report_to none, seed 42, output_dir outputs/image_classification), not from the `TrainingArguments`
+ones; every flag you pass overrides its default (`--learning_rate 5e-5` wins over 2e-3). If you
+pass neither `--do_train` nor `--do_eval`, both are on; pass one of them to choose (e.g.
+`--do_eval --model_name_or_path DIR` only evaluates). A run with both off stops with an error
+(exit status 1) instead of doing nothing. A single JSON file (`script.py args.json`) is read the
+same way: its keys override the defaults.
 
-    python examples/image_classification.py --do_train --do_eval --output_dir out \
-        --num_train_epochs 10 --learning_rate 1e-3 --per_device_train_batch_size 32 \
-        --hiding_fraction 0.3 --report_to none
+Any argument of the HF recipe works, plus every `TrainingArguments` field and the hiding fields of
+`kakurenbo_hf/config.py` (`--hiding_fraction`, `--confidence_threshold`, `--hiding_strategy`, ...):
+
+    python examples/image_classification.py --train_dir my_images/train --validation_dir my_images/val \
+        --output_dir out --num_train_epochs 20 --hiding_fraction 0.3
+
+`--remove_unused_columns` keeps its meaning (default true, as in `TrainingArguments`): the image
+column is renamed `pixel_values` and a label column not named label/labels is renamed `labels`
+(zero-copy renames), and the transforms turn the images into tensors in place, so the columns the
+model needs survive the Trainer's column removal; with true, other columns (file paths, ids, ...)
+are dropped, with false they are kept and ignored by the collator.
 
 Data (first that is given):
     --dataset_name beans [--dataset_config_name ...]        # load_dataset from the Hub
@@ -49,6 +62,7 @@ the evaluate cache) and otherwise with an equivalent numpy implementation.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -88,8 +102,10 @@ TRAINING_DEFAULTS = [
     "--report_to", "none",
     "--seed", "42",
 ]
-# Used when the script is run with no argument at all.
-DEFAULT_ARGS = ["--do_train", "--do_eval", "--num_train_epochs", "10"] + TRAINING_DEFAULTS
+# The defaults of every run: the user's own flags come after them on the command line and win.
+DEFAULT_ARGS = ["--num_train_epochs", "10"] + TRAINING_DEFAULTS
+# Added when the user passes neither --do_train nor --do_eval.
+DEFAULT_ACTIONS = ["--do_train", "--do_eval"]
 
 
 @dataclass
@@ -155,18 +171,49 @@ class DataTrainingArguments:
 
 
 def parse_args(args_list=None, default_output_dir=DEFAULT_OUTPUT_DIR, default_args=DEFAULT_ARGS,
-               dataclass_types=None):
-    """Parse `args_list` (default sys.argv[1:]); no argument at all means `default_args`."""
+               dataclass_types=None, default_actions=DEFAULT_ACTIONS):
+    """Parse `args_list` (default sys.argv[1:]), or a single JSON file, over the recipe's defaults.
+
+    The defaults (`--output_dir default_output_dir` and `default_args`) are put before the user's
+    arguments, so a flag the user passes wins over its default (argparse keeps the last value) and a
+    flag the user leaves out keeps the recipe's value, not the `TrainingArguments` one.
+    `default_actions` (`--do_train --do_eval`) are added only if the user sets neither `do_train`
+    nor `do_eval` (in any spelling argparse accepts). A JSON file's keys override the defaults the
+    same way.
+    """
     args_list = list(sys.argv[1:] if args_list is None else args_list)
-    if len(args_list) == 1 and args_list[0].endswith(".json"):
-        parser = HfArgumentParser(dataclass_types)
-        return parser.parse_json_file(json_file=os.path.abspath(args_list[0]))
-    if not args_list:
-        args_list = list(default_args)
-    if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in args_list):
-        args_list = ["--output_dir", default_output_dir] + args_list
+    defaults = ["--output_dir", default_output_dir] + list(default_args)
     parser = HfArgumentParser(dataclass_types)
-    return parser.parse_args_into_dataclasses(args=args_list)
+    if len(args_list) == 1 and args_list[0].endswith(".json"):
+        with open(os.path.abspath(args_list[0])) as f:
+            given = json.load(f)
+        if not {"do_train", "do_eval"} & set(given):
+            defaults += list(default_actions)
+        values = vars(parser.parse_args(defaults))  # every field, typed, with the recipe's defaults
+        values.update(given)
+        return parser.parse_dict(values)
+    if not {"do_train", "do_eval"} & given_fields(dataclass_types, args_list):
+        defaults += list(default_actions)
+    return parser.parse_args_into_dataclasses(args=defaults + args_list)
+
+
+def given_fields(dataclass_types, args_list) -> set:
+    """The names of the fields `args_list` sets explicitly (`--do_train`, `--do-train false`, ...)."""
+    parser = HfArgumentParser(dataclass_types, add_help=False)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # unset fields stay out of the namespace
+        action.required = False
+    namespace, _ = parser.parse_known_args(args_list)
+    return set(vars(namespace))
+
+
+def require_work(training_args, script: str) -> None:
+    """Stop (exit status 1, a message on stderr) when the arguments ask for neither training nor evaluation."""
+    if not (training_args.do_train or training_args.do_eval):
+        raise SystemExit(
+            f"{script}: nothing to do: --do_train and --do_eval are both off. Pass --do_train and/or --do_eval "
+            "(or neither of them: both are on by default)."
+        )
 
 
 def setup_logging(training_args) -> None:
@@ -223,7 +270,8 @@ def processor_geometry(image_processor, fallback: int = 32):
 
 
 def make_transforms(image_processor, image_column_name, min_crop_scale=0.8):
-    """(train_fn, eval_fn) for `Dataset.with_transform`, adding `pixel_values`."""
+    """(train_fn, eval_fn) for `Dataset.with_transform`: `pixel_values` = the transformed images of
+    `image_column_name` (which may be `pixel_values` itself: the images are then replaced)."""
     from torchvision.transforms import (
         CenterCrop,
         Compose,
@@ -352,6 +400,27 @@ def load_data(data_args, model_args, training_args):
     return dataset, labels
 
 
+def model_input_columns(dataset, image_column_name, label_column_name):
+    """Rename the image column to `pixel_values` and the label column to `labels` (unless it is
+    already `label` or `labels`), so that the Trainer's `remove_unused_columns` keeps both.
+
+    The transforms then turn the `pixel_values` images into tensors in place. Renaming is a
+    zero-copy change of the Arrow schema. Returns (dataset, label key).
+    """
+    renames = {image_column_name: "pixel_values"}
+    label_key = label_column_name if label_column_name in ("label", "labels") else "labels"
+    renames[label_column_name] = label_key
+    columns = dataset["train"].column_names
+    for old, new in renames.items():
+        if old != new and new in columns:
+            raise ValueError(
+                f"Cannot rename column {old!r} to {new!r}: the data set already has a {new!r} column "
+                f"(columns: {columns}). Remove it, or set --image_column_name / --label_column_name to it."
+            )
+    renames = {old: new for old, new in renames.items() if old != new}
+    return (dataset.rename_columns(renames) if renames else dataset), label_key
+
+
 def build_model(model_args, labels):
     label2id = {label: str(i) for i, label in enumerate(labels)}
     id2label = {str(i): label for i, label in enumerate(labels)}
@@ -395,6 +464,7 @@ def main(args_list=None):
     model_args, data_args, training_args = parse_args(
         args_list, dataclass_types=(ModelArguments, DataTrainingArguments, KakurenboTrainingArguments)
     )
+    require_work(training_args, "image_classification.py")
     setup_logging(training_args)
     logger.warning(
         f"Process rank: {training_args.local_process_index}, device: {training_args.device}, "
@@ -410,8 +480,8 @@ def main(args_list=None):
         f"{len(labels)} labels"
     )
 
-    train_transforms, val_transforms = make_transforms(image_processor, data_args.image_column_name,
-                                                       data_args.min_crop_scale)
+    dataset, label_key = model_input_columns(dataset, data_args.image_column_name, data_args.label_column_name)
+    train_transforms, val_transforms = make_transforms(image_processor, "pixel_values", data_args.min_crop_scale)
     if training_args.do_train:
         if data_args.max_train_samples is not None:
             dataset["train"] = dataset["train"].shuffle(seed=training_args.seed).select(
@@ -427,8 +497,8 @@ def main(args_list=None):
             )
         dataset["validation"].set_transform(val_transforms)
 
-    # The with_transform/set_transform datasets need their image column: keep every column.
-    training_args.remove_unused_columns = False
+    # remove_unused_columns stays the user's: the columns the transforms and the collator read
+    # (pixel_values, label/labels) are arguments of the model's forward, so they are never removed.
     trainer = KakurenboTrainer(
         model=model,
         args=training_args,
@@ -436,7 +506,7 @@ def main(args_list=None):
         eval_dataset=dataset["validation"] if training_args.do_eval else None,
         compute_metrics=accuracy_metric(),
         processing_class=image_processor,
-        data_collator=make_collate_fn(data_args.label_column_name),
+        data_collator=make_collate_fn(label_key),
     )
 
     return train_and_evaluate(trainer, training_args, "image_classification", num_labels=len(labels))
@@ -464,7 +534,8 @@ def train_and_evaluate(trainer, training_args, name, num_labels):
             summary.append(f"train_runtime={results['train_runtime']:.1f}s train_loss={results.get('train_loss', float('nan')):.4f}")
         if "eval_accuracy" in results:
             summary.append(f"eval_accuracy={results['eval_accuracy']:.4f} (chance {1 / num_labels:.3f})")
-        print(f"[{name}] " + "  ".join(summary), flush=True)
+        if summary:
+            print(f"[{name}] " + "  ".join(summary), flush=True)
     return results
 
 

@@ -21,8 +21,14 @@ A pretrained model / tokenizer (Hub id or a local folder written by save_pretrai
     python examples/text_classification.py --tokenizer_name path/to/tokenizer ...  # small BERT, this tokenizer
 
 Every `TrainingArguments` field and the hiding fields of kakurenbo_hf/config.py are accepted
-(`--hiding_fraction 0.3 --hiding_strategy random ...`). With arguments given, only `--output_dir`
-keeps its default here.
+(`--hiding_fraction 0.3 --hiding_strategy random ...`).
+
+Defaults. Every run starts from this recipe's defaults (`DEFAULT_ARGS`: 4 epochs, lr 1e-3, weight
+decay 0.01, warm-up 0.1, train batch 32, eval batch 128, no checkpoints, logging per epoch,
+report_to none, seed 42, output_dir outputs/text_classification), not from the `TrainingArguments`
+ones; every flag you pass overrides its default. If you pass neither `--do_train` nor `--do_eval`,
+both are on; pass one of them to choose. A run with both off stops with an error (exit status 1)
+instead of doing nothing. A single JSON file (`script.py args.json`) is read the same way.
 
 Multi-process on CPU:
 
@@ -52,16 +58,22 @@ from transformers import (
 from transformers.utils import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from image_classification import accuracy_metric, parse_args, setup_logging, train_and_evaluate  # noqa: E402
+from image_classification import (  # noqa: E402
+    accuracy_metric,
+    parse_args,
+    require_work,
+    setup_logging,
+    train_and_evaluate,
+)
 
 from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments  # noqa: E402
 
 logger = logging.get_logger("text_classification")
 
 DEFAULT_OUTPUT_DIR = "outputs/text_classification"
+# The defaults of every run (the user's flags come after them and win); --do_train --do_eval are
+# added when the user passes neither.
 DEFAULT_ARGS = [
-    "--do_train",
-    "--do_eval",
     "--num_train_epochs", "4",
     "--learning_rate", "1e-3",
     "--weight_decay", "0.01",
@@ -225,6 +237,7 @@ def main(args_list=None):
         args_list, default_output_dir=DEFAULT_OUTPUT_DIR, default_args=DEFAULT_ARGS,
         dataclass_types=(ModelArguments, DataTrainingArguments, KakurenboTrainingArguments),
     )
+    require_work(training_args, "text_classification.py")
     setup_logging(training_args)
     logger.warning(f"Process rank: {training_args.local_process_index}, device: {training_args.device}")
     transformers.set_seed(training_args.seed)

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "KakurenboTrainer": "trainer",
+    "KakurenboMixin": "trainer",
     "default_per_sample_statistics": "trainer",
     "KakurenboTrainingArguments": "training_args",
 }
@@ -36,6 +37,7 @@ __all__ = [
     "HidingSampler",
     "HidingStrategy",
     "KakurenboArguments",
+    "KakurenboMixin",
     "KakurenboTrainer",
     "KakurenboTrainingArguments",
     "SampleStats",

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 
 LR_COMPENSATION_MODES = ("target", "realized", "none")
 
+# Above this, an epoch would train on too little of the data and the LR compensation would exceed
+# x10 (`schedule.MAX_LR_FACTOR`); the related work prunes at most 30-70%.
+MAX_HIDING_FRACTION = 0.9
+
 # The paper's ImageNet schedule steps the fraction at epochs 30, 60 and 80 of 90 (with the LR
 # milestones); expressed as fractions of training so it transfers to any number of epochs.
 DEFAULT_DECAY_MILESTONES = (1 / 3, 2 / 3, 8 / 9)
@@ -28,7 +32,7 @@ class KakurenboArguments:
     hiding_fraction: float = field(
         default=0.3,
         metadata={
-            "help": "Maximum fraction F of the training set hidden per epoch (0 <= F < 1). "
+            "help": "Maximum fraction F of the training set hidden per epoch (0 <= F <= 0.9). "
             "0 disables hiding: training is then identical to the plain Trainer."
         },
     )
@@ -54,10 +58,11 @@ class KakurenboArguments:
         },
     )
     lr_compensation: str = field(
-        default="target",
+        default="realized",
         metadata={
-            "help": "How the learning rate makes up for the shorter epochs: 'target' scales it by "
-            "1/(1-F_e) (the paper), 'realized' by 1/(1-hidden/N), 'none' leaves it."
+            "help": "How the learning rate makes up for the shorter epochs: 'realized' (default) scales it "
+            "by 1/(1-hidden/N), so an epoch that hides nothing keeps the plain Trainer's LR; 'target' by "
+            "1/(1-F_e) (the paper's rule, also when most candidates were moved back); 'none' leaves it."
         },
     )
     refresh_hidden: bool = field(
@@ -65,6 +70,22 @@ class KakurenboArguments:
         metadata={
             "help": "Refresh the statistics of hidden samples with a forward-only pass (eval mode, no "
             "gradients) before the next selection. Without it hidden samples keep stale values."
+        },
+    )
+    refresh_fraction: float = field(
+        default=0.25,
+        metadata={
+            "help": "Share of last epoch's hidden samples refreshed before the next selection, in (0, 1]: a slice "
+            "rotating with the epoch, so a sample hidden 1/refresh_fraction epochs in a row is refreshed at least "
+            "once. Lower values make the refresh cheaper; hidden samples then keep older statistics longer."
+        },
+    )
+    refresh_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Batch size per device of the refresh pass (forward only, no gradients). Default: the larger "
+            "of per_device_train_batch_size and per_device_eval_batch_size (a training batch fits, and a "
+            "forward without gradients needs less memory than a training step)."
         },
     )
     hiding_warmup_epochs: int = field(
@@ -82,6 +103,16 @@ class KakurenboArguments:
         },
     )
 
+    resume_without_hiding_state: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow resuming a hiding run from a checkpoint that lacks kakurenbo_state.safetensors "
+            "(e.g. a copy of the standard files only). The run continues at the next epoch boundary "
+            "(the rest of an interrupted epoch is skipped, with a warning) and hiding restarts from "
+            "fresh statistics. Without it such a resume is refused: its epoch lengths are unknown."
+        },
+    )
+
     def __post_init__(self):
         self.validate_hiding_arguments()
 
@@ -89,8 +120,11 @@ class KakurenboArguments:
         """Raise `ValueError` for any field outside its allowed range."""
         from .strategies import available_strategies
 
-        if not 0.0 <= self.hiding_fraction < 1.0:
-            raise ValueError(f"hiding_fraction must be in [0, 1), got {self.hiding_fraction!r}")
+        if not 0.0 <= self.hiding_fraction <= MAX_HIDING_FRACTION:
+            raise ValueError(
+                f"hiding_fraction must be in [0, {MAX_HIDING_FRACTION}], got {self.hiding_fraction!r} (at most "
+                f"{MAX_HIDING_FRACTION:.0%} of an epoch can be hidden, so every epoch trains on real data)"
+            )
         if not 0.0 <= self.confidence_threshold <= 1.0:
             raise ValueError(f"confidence_threshold must be in [0, 1], got {self.confidence_threshold!r}")
         milestones = list(self.hiding_decay_milestones)
@@ -110,6 +144,12 @@ class KakurenboArguments:
             raise ValueError(
                 f"lr_compensation must be one of {LR_COMPENSATION_MODES}, got {self.lr_compensation!r}"
             )
+        if not 0.0 < self.refresh_fraction <= 1.0:
+            raise ValueError(f"refresh_fraction must be in (0, 1], got {self.refresh_fraction!r}")
+        if self.refresh_batch_size is not None and (
+            int(self.refresh_batch_size) != self.refresh_batch_size or self.refresh_batch_size < 1
+        ):
+            raise ValueError(f"refresh_batch_size must be a positive integer or None, got {self.refresh_batch_size!r}")
         if int(self.hiding_warmup_epochs) != self.hiding_warmup_epochs or self.hiding_warmup_epochs < 1:
             raise ValueError(f"hiding_warmup_epochs must be an integer >= 1, got {self.hiding_warmup_epochs!r}")
         if self.hiding_strategy not in available_strategies():

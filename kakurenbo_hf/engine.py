@@ -2,8 +2,18 @@
 
 Data flows one way: the trainer feeds per-sample statistics in (`stats.update`), and at each
 epoch start asks `plan_epoch(epoch)`: the schedule gives F_e, the strategy turns the statistics
-into a hidden set, and the plan carries the LR factor. The trainer hands `plan.hidden` to the
+into a hidden set, and the plan carries the LR factor. The trainer hands the hidden set to the
 sampler. `state_dict()` holds everything an exact resume needs.
+
+Decided once, not everywhere: in a multi-process run only the main process holds the
+statistics table (`holds_table=True`) and runs the selection; the other ranks `adopt` its plan
+and hidden set (a bitmask, N/8 bytes). The hidden set is kept as that bitmask on every rank.
+
+Example::
+
+    >>> engine = HidingEngine(1000, num_epochs=10, arguments=KakurenboArguments())
+    >>> engine.stats.update(indices, loss, confidence, correct)   # from the training steps
+    >>> plan = engine.plan_epoch(1)                                  # F_e, hidden set, LR factor
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from .config import KakurenboArguments
 from .schedule import lr_factor, target_hiding_fraction
 from .stats import SampleStats
 from .strategies import HidingDecision, build_strategy
+from .strategies.base import num_candidates
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +45,19 @@ class EpochPlan:
     moved_back: int
     lr_factor: float
     num_samples: int
-    start_step: int = 0  # global optimizer step at which the epoch started
-    update_steps: int = 0  # optimizer steps the epoch runs
+    start_step: int = 0  # global optimizer step at which the epoch (or its resumed segment) started
+    update_steps: int = 0  # optimizer steps the epoch (segment) runs
     refresh_seconds: float = 0.0  # time of the refresh pass that preceded the selection
+    num_refreshed: int = 0  # samples that refresh pass forwarded (all ranks)
+    # Where the segment that starts at `start_step` begins in the epoch's order (0 unless the
+    # epoch was resumed with another number of processes or batch size), and how many samples of
+    # the order one optimizer step consumes there (batch size x processes x accumulation; 0: unknown).
+    start_sample: int = 0
+    samples_per_step: int = 0
+
+    def samples_done(self, global_step: int) -> int:
+        """Samples of this epoch's order trained by `global_step` (needs `samples_per_step`)."""
+        return self.start_sample + (global_step - self.start_step) * self.samples_per_step
 
     @property
     def hidden_fraction(self) -> float:
@@ -50,23 +71,46 @@ class EpochPlan:
             "kakurenbo/moved_back": self.moved_back,
             "kakurenbo/lr_factor": self.lr_factor,
             "kakurenbo/refresh_seconds": self.refresh_seconds,
+            "kakurenbo/refreshed": self.num_refreshed,
         }
 
 
 class HidingEngine:
     """Statistics, strategy and schedule of one training run over `num_samples` samples."""
 
-    def __init__(self, num_samples: int, num_epochs: int, arguments: KakurenboArguments, seed: int = 0):
+    def __init__(self, num_samples: int, num_epochs: int, arguments: KakurenboArguments, seed: int = 0,
+                 holds_table: bool = True):
         self.num_samples = int(num_samples)
         self.num_epochs = int(num_epochs)
         self.arguments = arguments
         self.seed = int(seed)
-        self.stats = SampleStats(self.num_samples)
+        self.holds_table = bool(holds_table)
+        self.stats = SampleStats(self.num_samples) if holds_table else None
         self.strategy = build_strategy(
             arguments.hiding_strategy, confidence_threshold=arguments.confidence_threshold, seed=self.seed
         )
-        self.hidden = np.zeros(self.num_samples, dtype=bool)  # the current epoch's hidden set
+        self.hidden_bits = np.zeros((self.num_samples + 7) // 8, dtype=np.uint8)  # the epoch's hidden set
         self.plans: list[EpochPlan] = []
+        # The RNG state an order rule that draws from the global RNG (length grouping) used for the
+        # current epoch: a resume redraws the same order from it. Empty when unused.
+        self.order_rng_state = np.zeros(0, dtype=np.uint8)
+        self._warned_non_finite = False
+
+    @property
+    def hidden(self) -> np.ndarray:
+        """The current epoch's hidden set as a bool mask over all samples (unpacked on each call)."""
+        return np.unpackbits(self.hidden_bits, count=self.num_samples).view(bool)
+
+    @hidden.setter
+    def hidden(self, mask: np.ndarray) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (self.num_samples,):
+            raise ValueError(f"hidden mask must have shape ({self.num_samples},), got {mask.shape}")
+        self.hidden_bits = np.packbits(mask)
+
+    @property
+    def num_hidden(self) -> int:
+        return int(np.unpackbits(self.hidden_bits, count=self.num_samples).sum(dtype=np.int64))
 
     @property
     def enabled(self) -> bool:
@@ -83,27 +127,52 @@ class HidingEngine:
             args.hiding_warmup_epochs,
         )
 
-    def samples_to_refresh(self) -> np.ndarray:
-        """Indices hidden in the current epoch: their statistics are stale by its end."""
+    def samples_to_refresh(self, next_epoch: int) -> np.ndarray:
+        """Indices hidden in the current epoch whose statistics are refreshed before `next_epoch`.
+
+        All of them with `refresh_fraction=1`; otherwise a slice rotating with the epoch (index +
+        epoch divisible by R = round(1 / refresh_fraction)), so that a sample hidden R epochs in a
+        row is refreshed at least once in them.
+        """
         if not self.arguments.refresh_hidden:
             return np.empty(0, dtype=np.int64)
-        return np.flatnonzero(self.hidden)
+        hidden = np.flatnonzero(self.hidden)
+        period = max(1, round(1.0 / self.arguments.refresh_fraction))
+        if period > 1:
+            hidden = hidden[(hidden + next_epoch) % period == 0]
+        return hidden
 
     def plan_epoch(self, epoch: int) -> EpochPlan:
         """Choose the hidden set of `epoch` from the current statistics (deterministic)."""
+        if not self.holds_table:
+            raise RuntimeError("plan_epoch runs where the statistics table is; other ranks adopt() its plan")
         target = self.target_fraction(epoch)
-        if target > 0.0:
+        nothing = HidingDecision(hidden=np.zeros(self.num_samples, dtype=bool), num_candidates=0, moved_back=0)
+        no_statistics = target > 0.0 and not np.isfinite(self.stats.loss).any()
+        if no_statistics:  # never seen (a fresh table after a resume) or all non-finite (diverged)
+            if not self._warned_non_finite and self.stats.num_updates:
+                logger.warning(
+                    "epoch %d: no sample has finite statistics (a diverged model, or every label ignored): "
+                    "nothing is hidden and the learning rate is not compensated until some are finite.", epoch
+                )
+                self._warned_non_finite = True
+            decision = nothing
+        elif target > 0.0:
             decision = self.strategy.select(self.stats, target, epoch)
+            self._check_decision(decision, target, epoch)
         else:
-            decision = HidingDecision(hidden=np.zeros(self.num_samples, dtype=bool), num_candidates=0, moved_back=0)
+            decision = nothing
         self.hidden = decision.hidden
+        factor = 1.0 if no_statistics else lr_factor(
+            self.arguments.lr_compensation, target, decision.num_hidden / self.num_samples
+        )
         plan = EpochPlan(
             epoch=epoch,
             target_fraction=target,
             num_hidden=decision.num_hidden,
             num_candidates=decision.num_candidates,
             moved_back=decision.moved_back,
-            lr_factor=lr_factor(self.arguments.lr_compensation, target, decision.num_hidden / self.num_samples),
+            lr_factor=factor,
             num_samples=self.num_samples,
         )
         self.plans.append(plan)
@@ -119,6 +188,32 @@ class HidingEngine:
         )
         return plan
 
+    def _check_decision(self, decision: HidingDecision, target: float, epoch: int) -> None:
+        """A strategy may hide at most floor(F_e * N) samples, and never the whole epoch."""
+        hidden = decision.hidden
+        if hidden.shape != (self.num_samples,) or hidden.dtype != np.bool_:
+            raise ValueError(
+                f"strategy {self.arguments.hiding_strategy!r} returned a hidden mask of shape {hidden.shape} and dtype "
+                f"{hidden.dtype}; expected a bool mask of shape ({self.num_samples},)"
+            )
+        limit = num_candidates(self.num_samples, target)
+        if decision.num_hidden > limit or decision.num_hidden >= self.num_samples:
+            raise ValueError(
+                f"strategy {self.arguments.hiding_strategy!r} hid {decision.num_hidden} of {self.num_samples} samples "
+                f"in epoch {epoch}, more than floor(F_e * N) = {limit} (F_e = {target:g}); an epoch must keep samples"
+            )
+
+    def adopt(self, plan: EpochPlan, hidden_bits: np.ndarray) -> None:
+        """Take the plan and hidden set the table holder chose (ranks without the table)."""
+        hidden_bits = np.asarray(hidden_bits, dtype=np.uint8).reshape(-1)
+        if hidden_bits.shape != self.hidden_bits.shape:
+            raise ValueError(f"hidden bitmask must have {self.hidden_bits.size} bytes, got {hidden_bits.size}")
+        self.hidden_bits = hidden_bits.copy()
+        if self.plans and self.plans[-1].epoch == plan.epoch:
+            self.plans[-1] = plan
+        else:
+            self.plans.append(plan)
+
     @property
     def current_plan(self) -> EpochPlan | None:
         return self.plans[-1] if self.plans else None
@@ -132,8 +227,9 @@ class HidingEngine:
             "num_samples": self.num_samples,
             "seed": self.seed,
             "hidden": self.hidden.copy(),
-            "stats": self.stats.state_dict(),
+            "stats": self.stats.state_dict() if self.stats is not None else {},
             "plans": [asdict(plan) for plan in self.plans],
+            "order_rng_state": self.order_rng_state.copy(),
         }
 
     @staticmethod
@@ -149,13 +245,24 @@ class HidingEngine:
                 f"hiding state was saved for a training set of {int(state['num_samples'])} samples, "
                 f"but this training set has {num_samples}"
             )
+        hidden = np.asarray(state["hidden"])
+        if hidden.shape != (num_samples,) or hidden.dtype != np.bool_ or (hidden.view(np.uint8) > 1).any():
+            raise ValueError(f"hiding state's hidden mask is not a bool mask of {num_samples} samples")
+        plans = state.get("plans") or []
+        if plans and int(np.count_nonzero(hidden)) != int(plans[-1]["num_hidden"]):
+            raise ValueError(
+                f"hiding state is inconsistent: its hidden mask holds {int(np.count_nonzero(hidden))} samples but its "
+                f"plan for epoch {plans[-1]['epoch']} hid {plans[-1]['num_hidden']}; the file is corrupt"
+            )
 
     def load_state_dict(self, state: dict) -> None:
         self.check_state(state, self.num_samples)
-        self.stats.load_state_dict(state["stats"])
+        if self.stats is not None:
+            self.stats.load_state_dict(state["stats"])
         if int(state["seed"]) != self.seed:
             logger.warning("resuming with the saved hiding seed %d (this run's seed is %d)", int(state["seed"]), self.seed)
             self.seed = int(state["seed"])
             self.strategy.seed = self.seed
         self.hidden = np.asarray(state["hidden"], dtype=bool).copy()
         self.plans = [EpochPlan(**plan) for plan in state["plans"]]
+        self.order_rng_state = np.asarray(state.get("order_rng_state", np.zeros(0)), dtype=np.uint8).copy()

@@ -23,10 +23,32 @@ SAMPLE_INDEX_KEY = "__kakurenbo_sample_index__"
 
 
 class IndexedDataset(Dataset):
-    """A view of `dataset` whose rows carry their index under `SAMPLE_INDEX_KEY`."""
+    """A view of `dataset` whose rows carry their index under `SAMPLE_INDEX_KEY`.
+
+    Args:
+        dataset: any map-style dataset whose rows are mappings (a `datasets.Dataset` included).
+
+    `on_read_start` / `on_read_end`, if set, are called around every read (one row or a batch):
+    the trainer uses them to keep the RNG state of random transforms for exact resume.
+
+    Example::
+
+        >>> IndexedDataset([{"x": 1}, {"x": 2}])[1]
+        {'x': 2, '__kakurenbo_sample_index__': 1}
+    """
 
     def __init__(self, dataset):
         self.dataset = dataset
+        self.on_read_start: Callable[[], None] | None = None
+        self.on_read_end: Callable[[], None] | None = None
+
+    def _read(self, read, *args):
+        if self.on_read_start is not None:
+            self.on_read_start()
+        result = read(*args)
+        if self.on_read_end is not None:
+            self.on_read_end()
+        return result
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -44,16 +66,18 @@ class IndexedDataset(Dataset):
         return tagged
 
     def __getitem__(self, index: int) -> dict:
-        return self._with_index(self.dataset[index], index)
+        return self._with_index(self._read(self.dataset.__getitem__, index), index)
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         batched_read = getattr(self.dataset, "__getitems__", None)
-        rows = batched_read(indices) if batched_read is not None else [self.dataset[i] for i in indices]
+        if batched_read is None:
+            batched_read = lambda positions: [self.dataset[i] for i in positions]  # noqa: E731
+        rows = self._read(batched_read, indices)
         return [self._with_index(row, i) for row, i in zip(rows, indices)]
 
     def __getattr__(self, name: str) -> Any:
         # Forward attributes like `column_names` or `features` that callers may look up.
-        if name == "dataset":
+        if name in ("dataset", "on_read_start", "on_read_end"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 

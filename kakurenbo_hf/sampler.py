@@ -1,69 +1,182 @@
 """`HidingSampler`: a global, seeded sampler that leaves the hidden samples out of an epoch.
 
 Protocol (as `torch.utils.data.Sampler`): `__iter__` yields sample indices, `__len__` is the
-number of visible samples of the current epoch.
+number of visible samples of the current epoch (less `start` after a resume that re-times it).
 
 - Global: the same order and length on every rank. Accelerate shards it (`BatchSamplerShard`:
   batch k goes to rank k % P), so each rank gets a disjoint share of the visible set.
-- The order of epoch e is the visible indices (ascending) permuted by `torch.randperm(V)` drawn
-  from a generator seeded with `seed + epoch` (V = number of visible samples): a uniform shuffle
-  of the visible set. With nothing hidden it is `torch.randperm(N)` itself, exactly the order
-  accelerate's `SeedableRandomSampler` gives the plain Trainer, so both see the same batches.
-  The global RNG is never touched. Cost: about 0.5 s for N = 1e7 on one CPU core.
+- Order rules (`order`), each applied to the visible set, matching the Trainer's
+  `train_sampling_strategy` when nothing is hidden:
+    - "random": the visible indices (ascending) permuted by `torch.randperm(V)` drawn from a
+      generator seeded with `seed + epoch`. With nothing hidden it is `torch.randperm(N)`
+      itself, the order accelerate's `SeedableRandomSampler` gives the plain Trainer. The
+      global RNG is never touched. Cost: about 0.5 s for N = 1e7 on one CPU core.
+    - "sequential": the visible indices in index order.
+    - "custom": `order_fn(visible, generator)` returns the order (e.g. length grouping). The
+      generator starts from the global torch RNG state at the epoch's first draw, and the global
+      RNG then advances as if the draw had used it: the plain Trainer's samplers draw from the
+      global RNG, so at F=0 the order is theirs. That state is kept (`order_rng_state`) so that a
+      resume redraws the same order without touching the global RNG.
 - `set_epoch` is idempotent: Trainer and accelerate both call it.
 
 Deliberately not a `RandomSampler` subclass (accelerate would swap it for its own) and without a
 `generator` attribute (accelerate would try to synchronise it).
+
+Example::
+
+    >>> sampler = HidingSampler(10, seed=0)
+    >>> sampler.set_hidden(np.arange(10) < 3)  # hide samples 0, 1, 2
+    >>> sorted(sampler) == list(range(3, 10)), len(sampler)
+    (True, 7)
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 
+ORDERS = ("random", "sequential", "custom")
+
+# (visible indices ascending, generator) -> the epoch's order (a permutation of `visible`)
+OrderFn = Callable[[np.ndarray, torch.Generator], np.ndarray]
+
+
 class HidingSampler(Sampler[int]):
-    def __init__(self, num_samples: int, seed: int = 0):
+    """Yields the visible samples of the current epoch in the order of its rule.
+
+    Args:
+        num_samples: size N of the training set.
+        seed: seed of the "random" order (epoch e uses `seed + e`).
+        order: "random", "sequential" or "custom" (see the module docstring).
+        order_fn: the rule of the "custom" order.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0, order: str = "random", order_fn: OrderFn | None = None):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        if (order == "custom") != (order_fn is not None):
+            raise ValueError("order_fn is required for order='custom' and only for it")
         self.num_samples = int(num_samples)
         self.seed = int(seed)
+        self.order = order
+        self.order_fn = order_fn
         self.epoch = 0
-        self.hidden = np.zeros(self.num_samples, dtype=bool)
+        self._hidden_bits = np.zeros((self.num_samples + 7) // 8, dtype=np.uint8)  # 1 bit per sample
+        self._num_hidden = 0
+        self.start = 0  # position in the epoch's order where iteration starts
+        self.order_rng_state: np.ndarray = np.zeros(0, dtype=np.uint8)
+        self._replay_rng_state = False  # True: order_rng_state was restored for the current epoch
         self._order: np.ndarray | None = None
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch = int(epoch)
+            self.start = 0
+            self._replay_rng_state = False
             self._order = None
+
+    def set_start(self, start: int) -> None:
+        """Start the current epoch's iteration at position `start` of its order."""
+        if not 0 <= start <= self.num_visible:
+            raise ValueError(f"start must be in [0, {self.num_visible}], got {start}")
+        self.start = int(start)
+
+    def restore_order_rng_state(self, state: np.ndarray) -> None:
+        """Draw the current epoch's "custom" order from `state` (a resume), leaving the global RNG alone."""
+        self.order_rng_state = np.asarray(state, dtype=np.uint8).copy()
+        self._replay_rng_state = self.order_rng_state.size > 0
+        self._order = None
 
     def set_hidden(self, hidden: np.ndarray) -> None:
         """Hide the samples where `hidden` is True, from the current epoch's next iteration on."""
         hidden = np.asarray(hidden, dtype=bool)
         if hidden.shape != (self.num_samples,):
             raise ValueError(f"hidden mask must have shape ({self.num_samples},), got {hidden.shape}")
-        self.hidden = hidden.copy()
+        self._hidden_bits = np.packbits(hidden)
+        self._num_hidden = int(np.count_nonzero(hidden))
+        self.start = 0
+        self._replay_rng_state = False
+        self._order = None
+
+    def set_hidden_bits(self, bits: np.ndarray) -> None:
+        """`set_hidden` from a packed bitmask (`np.packbits` of the mask, N/8 bytes), unpacked in chunks."""
+        bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
+        if bits.size != (self.num_samples + 7) // 8:
+            raise ValueError(f"hidden bitmask must have {(self.num_samples + 7) // 8} bytes, got {bits.size}")
+        self._hidden_bits = bits.copy()
+        self._num_hidden = self.num_samples - int(self.visible_indices().size)
+        self.start = 0
+        self._replay_rng_state = False
         self._order = None
 
     @property
     def num_visible(self) -> int:
-        return self.num_samples - int(np.count_nonzero(self.hidden))
+        return self.num_samples - self._num_hidden
+
+    @property
+    def hidden(self) -> np.ndarray:
+        """The hidden set as a bool mask (unpacked from the bitmask on each call)."""
+        return np.unpackbits(self._hidden_bits, count=self.num_samples).view(bool)
+
+    def visible_indices(self) -> np.ndarray:
+        """The visible indices, ascending (int32 below 2**31 samples), unpacked chunk by chunk."""
+        dtype = np.int32 if self.num_samples < 2**31 else np.int64
+        if not self._hidden_bits.any():
+            return np.arange(self.num_samples, dtype=dtype)
+        chunk = 1 << 23  # samples per chunk (a multiple of 8)
+        parts = []
+        for start in range(0, self.num_samples, chunk):
+            count = min(chunk, self.num_samples - start)
+            bits = np.unpackbits(self._hidden_bits[start // 8 : (start + count + 7) // 8], count=count)
+            parts.append((np.flatnonzero(bits == 0) + start).astype(dtype, copy=False))
+        return np.concatenate(parts)
 
     def epoch_order(self) -> np.ndarray:
         """The indices of this epoch, in order (integer array, cached until the epoch or mask changes)."""
         if self._order is None:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            num_visible = self.num_visible
-            # int32 draws the same permutation as the default int64, faster and in half the memory.
-            dtype = torch.int32 if num_visible < 2**31 else torch.int64
-            permutation = torch.randperm(num_visible, generator=generator, dtype=dtype).numpy()
-            # Permuting the visible indices, not filtering a permutation of all N: half the time.
-            self._order = np.flatnonzero(~self.hidden)[permutation] if num_visible < self.num_samples else permutation
+            if self.order == "random":
+                self._order = self._random_order()
+            elif self.order == "sequential":
+                self._order = self.visible_indices()
+            else:
+                self._order = self._custom_order()
         return self._order
 
+    def _random_order(self) -> np.ndarray:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        num_visible = self.num_visible
+        # int32 draws the same permutation as the default int64, faster and in half the memory.
+        dtype = torch.int32 if num_visible < 2**31 else torch.int64
+        permutation = torch.randperm(num_visible, generator=generator, dtype=dtype).numpy()
+        # Permuting the visible indices, not filtering a permutation of all N: half the time.
+        return self.visible_indices()[permutation] if num_visible < self.num_samples else permutation
+
+    def _custom_order(self) -> np.ndarray:
+        generator = torch.Generator()
+        if self._replay_rng_state:
+            generator.set_state(torch.from_numpy(self.order_rng_state.copy()))
+        else:
+            state = torch.random.get_rng_state()
+            self.order_rng_state = state.numpy().copy()
+            generator.set_state(state)
+        visible = self.visible_indices().astype(np.int64)
+        order = np.asarray(self.order_fn(visible, generator), dtype=np.int64)
+        if order.shape != visible.shape or not np.array_equal(np.sort(order), visible):
+            raise ValueError("order_fn must return a permutation of the visible indices it was given")
+        if not self._replay_rng_state:
+            torch.random.set_rng_state(generator.get_state())  # as if the draw had used the global RNG
+        return order
+
     def __iter__(self):
-        yield from self.epoch_order().tolist()
+        order = self.epoch_order()
+        for start in range(self.start, order.size, 1 << 16):  # Python ints a chunk at a time
+            yield from order[start : start + (1 << 16)].tolist()
 
     def __len__(self) -> int:
-        return self.num_visible
+        return self.num_visible - self.start

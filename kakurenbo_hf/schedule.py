@@ -42,28 +42,57 @@ def target_hiding_fraction(
     return hiding_fraction * decay_multiplier(epoch, num_epochs, milestones, factors)
 
 
+# The LR multiplier never exceeds this: the factor of the largest allowed hiding fraction (0.9).
+MAX_LR_FACTOR = 10.0
+
+
 def lr_factor(mode: str, target_fraction: float, realized_fraction: float) -> float:
-    """The learning-rate multiplier of one epoch."""
+    """The learning-rate multiplier of one epoch, at most `MAX_LR_FACTOR`.
+
+    `realized` (the default) is 1 exactly when nothing is hidden, so a run that hides nothing is
+    the plain Trainer's run; `target` (the paper's rule) raises the LR by 1/(1-F_e) even when
+    most candidates were moved back.
+    """
     if mode == "target":
-        return 1.0 / (1.0 - target_fraction)
-    if mode == "realized":
-        return 1.0 / (1.0 - realized_fraction)
-    if mode == "none":
+        fraction = target_fraction
+    elif mode == "realized":
+        fraction = realized_fraction
+    elif mode == "none":
         return 1.0
-    raise ValueError(f"lr_compensation must be 'target', 'realized' or 'none', got {mode!r}")
+    else:
+        raise ValueError(f"lr_compensation must be 'target', 'realized' or 'none', got {mode!r}")
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"a hiding fraction must be in [0, 1), got {fraction!r}")
+    return min(1.0 / (1.0 - fraction), MAX_LR_FACTOR)
 
 
 class VirtualStepLR(LRScheduler):
     """A `LambdaLR` schedule driven by epoch progress instead of the raw step count.
 
-    `begin_epoch(epoch, start_step, steps_in_epoch, lr_factor)` is called at the start of each
-    epoch with its true number of optimizer steps. Between calls, the real step s maps to the
-    virtual step  epoch * S_full + (s - start_step) * S_full / steps_in_epoch  of the wrapped
-    schedule, and the learning rate is  base_lr * lambda(virtual) * lr_factor.
+    Args:
+        schedule: the `LambdaLR` to follow (its lambdas and base LRs are reused).
+        full_steps_per_epoch: optimizer steps of a full epoch (nothing hidden) in this run.
 
-    `last_epoch` (torch's name) counts real optimizer steps, as for any scheduler, so the
-    Trainer's checkpointing and `get_last_lr` keep working.
+    `begin_epoch(epoch, start_step, steps_in_epoch, lr_factor)` is called at the start of each
+    epoch with its true number of optimizer steps. The epoch covers the virtual interval
+    [v0, v0 + span) of the wrapped schedule, span = `full_steps_per_epoch`, and the real step s
+    maps to  v0 + (s - start_step) * span / steps_in_epoch. v0 is where the previous epoch left
+    off: `epoch * full_steps_per_epoch` after full epochs, less if a callback ended an epoch early
+    (`should_epoch_stop`: the schedule then just continues, as with the plain Trainer). The LR is
+    base_lr * lambda(virtual) * lr_factor.
+
+    `continue_epoch(start_step, steps_left)` re-times the rest of the current epoch (a resume with
+    another number of processes or batch size). Virtual positions are stored with the full epoch
+    length they were measured in and rescaled on load, so a checkpoint of a run with P processes
+    resumes on Q. `last_epoch` (torch's name) counts real optimizer steps, as for any scheduler.
+
+    Example::
+
+        >>> scheduler = VirtualStepLR(get_scheduler("cosine", optimizer, 0, 100), full_steps_per_epoch=10)
+        >>> scheduler.begin_epoch(epoch=1, start_step=10, steps_in_epoch=7, lr_factor=1.25)
     """
+
+    _VIRTUAL_FIELDS = ("epoch_start_virtual", "epoch_virtual_span")
 
     def __init__(self, schedule: LambdaLR, full_steps_per_epoch: int):
         if not isinstance(schedule, LambdaLR):
@@ -78,6 +107,8 @@ class VirtualStepLR(LRScheduler):
         self.epoch = 0
         self.epoch_start_step = 0
         self.steps_in_epoch = int(full_steps_per_epoch)
+        self.epoch_start_virtual = 0.0
+        self.epoch_virtual_span = float(full_steps_per_epoch)
         self.lr_factor = 1.0
         optimizer = schedule.optimizer
         # Start from the wrapped schedule's base LRs, whatever it did to the groups' "lr".
@@ -87,19 +118,44 @@ class VirtualStepLR(LRScheduler):
 
     def virtual_step(self, step: int | None = None) -> float:
         step = self.last_epoch if step is None else step
-        into_epoch = (step - self.epoch_start_step) * self.full_steps_per_epoch / max(self.steps_in_epoch, 1)
-        return self.epoch * self.full_steps_per_epoch + into_epoch
+        into_epoch = (step - self.epoch_start_step) * self.epoch_virtual_span / max(self.steps_in_epoch, 1)
+        return self.epoch_start_virtual + into_epoch
 
     def get_lr(self) -> list[float]:
         virtual = self.virtual_step()
         return [base * fn(virtual) * self.lr_factor for base, fn in zip(self.base_lrs, self.lr_lambdas)]
 
-    def begin_epoch(self, epoch: int, start_step: int, steps_in_epoch: int, lr_factor: float) -> None:
-        """Set the epoch's length and LR factor, and apply the learning rate of the current step."""
+    def begin_epoch(self, epoch: int, start_step: int, steps_in_epoch: int, lr_factor: float,
+                    start_virtual: float | None = None) -> None:
+        """Set the epoch's length and LR factor, and apply the learning rate of the current step.
+
+        Called again for the epoch it is in (a resume in the same geometry), it keeps the epoch's
+        virtual interval. `start_virtual` overrides where a new epoch starts in the schedule.
+        """
+        same_epoch = int(epoch) == self.epoch and int(start_step) == self.epoch_start_step
+        if not same_epoch:
+            self.epoch_start_virtual = self.virtual_step(int(start_step)) if start_virtual is None else float(start_virtual)
+            self.epoch_virtual_span = float(self.full_steps_per_epoch)
         self.epoch = int(epoch)
         self.epoch_start_step = int(start_step)
         self.steps_in_epoch = max(int(steps_in_epoch), 1)
         self.lr_factor = float(lr_factor)
+        self._apply()
+
+    def continue_epoch(self, start_step: int, steps_left: int) -> None:
+        """Spread what is left of the current epoch's interval over `steps_left` steps from `start_step`."""
+        end = self.epoch_start_virtual + self.epoch_virtual_span
+        self.epoch_start_virtual = self.virtual_step(int(start_step))
+        self.epoch_virtual_span = max(end - self.epoch_start_virtual, 0.0)
+        self.epoch_start_step = int(start_step)
+        self.steps_in_epoch = max(int(steps_left), 1)
+        self._apply()
+
+    @property
+    def epoch_end_virtual(self) -> float:
+        return self.epoch_start_virtual + self.epoch_virtual_span
+
+    def _apply(self) -> None:
         for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
@@ -110,14 +166,46 @@ class VirtualStepLR(LRScheduler):
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Also takes a plain LambdaLR's state (a checkpoint of the plain Trainer): its lambdas are
-        # stored as dicts, ours come from the Trainer's arguments.
-        self.__dict__.update({k: v for k, v in state_dict.items() if k != "lr_lambdas"})
+        # stored as dicts, ours come from the Trainer's arguments. The full epoch length is this
+        # run's; virtual positions saved in another geometry are rescaled to it.
+        full_steps = self.full_steps_per_epoch
+        state = {k: v for k, v in state_dict.items() if k != "lr_lambdas"}
+        saved_full_steps = int(state.pop("full_steps_per_epoch", full_steps))
+        self.__dict__.update(state)
+        self.full_steps_per_epoch = full_steps
+        if "epoch_start_virtual" not in state:  # a checkpoint of a version before virtual intervals
+            self.epoch_start_virtual = float(self.epoch * saved_full_steps)
+            self.epoch_virtual_span = float(saved_full_steps)
+        if saved_full_steps != full_steps:
+            scale = full_steps / saved_full_steps
+            for name in self._VIRTUAL_FIELDS:
+                setattr(self, name, getattr(self, name) * scale)
 
 
-def wrap_scheduler(schedule, full_steps_per_epoch: int) -> VirtualStepLR:
-    """Wrap the Trainer's scheduler, or raise a clear error for one that cannot be wrapped."""
-    if isinstance(schedule, VirtualStepLR):
+def find_virtual_scheduler(scheduler) -> VirtualStepLR | None:
+    """The `VirtualStepLR` inside `scheduler` and the wrappers accelerate/DeepSpeed put around it."""
+    for _ in range(4):
+        if isinstance(scheduler, VirtualStepLR) or scheduler is None:
+            return scheduler
+        scheduler = getattr(scheduler, "scheduler", None) or getattr(scheduler, "lr_scheduler", None)
+    return None
+
+
+def wrap_scheduler(schedule, full_steps_per_epoch: int):
+    """Wrap the Trainer's scheduler, or raise a clear error for one that cannot be wrapped.
+
+    A scheduler that already holds a `VirtualStepLR` (under accelerate's or DeepSpeed's wrapper)
+    is returned as it is.
+    """
+    if find_virtual_scheduler(schedule) is not None:
         return schedule
+    if type(schedule).__name__ == "DummyScheduler" or type(schedule).__module__.startswith("deepspeed"):
+        raise ValueError(
+            "KakurenboTrainer cannot make a learning-rate schedule defined in the DeepSpeed config follow epoch "
+            "progress: DeepSpeed owns it and steps it per optimizer step, so shorter epochs would leave it "
+            "unfinished. Remove the 'scheduler' section from the DeepSpeed config and set the schedule with "
+            "lr_scheduler_type / warmup_steps instead (KakurenboTrainer then adapts it), or set hiding_fraction=0."
+        )
     if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau) or not isinstance(schedule, LambdaLR):
         raise TypeError(
             f"KakurenboTrainer cannot make the learning-rate schedule {type(schedule).__name__} follow epoch "

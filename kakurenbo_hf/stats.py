@@ -20,21 +20,33 @@ import torch
 
 STATS_FIELDS = ("loss", "confidence", "correct")
 
+# The label every Hugging Face / torch loss ignores.
+IGNORE_INDEX = -100
 
-def per_sample_statistics(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+
+def per_sample_statistics(logits: torch.Tensor, labels: torch.Tensor,
+                          ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, ...]:
     """Per-sample (loss, confidence, correct) of a classification batch.
 
     `logits` is (batch, classes), `labels` is (batch,) of class indices. Confidence is the top
     probability of the softmax over the *classes* (dim=-1): the official code normalised over
     the batch dimension, which makes a sample's confidence depend on its batch mates.
     Computed in float32 whatever the model's dtype, without building a graph.
+
+    A sample labelled `ignore_index` (the loss ignores it) gets the values of an unseen sample:
+    loss +inf, confidence 0, not correct. It is then never hidden.
     """
     with torch.no_grad():
         logits = logits.detach().float()
         log_probs = torch.log_softmax(logits, dim=-1)
-        loss = -log_probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+        labels = labels.long()
+        ignored = labels == ignore_index
+        loss = -log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         top_log_prob, prediction = log_probs.max(dim=-1)
-        return loss, top_log_prob.exp(), prediction == labels
+        confidence = top_log_prob.exp()
+        correct = prediction == labels
+        # Unconditionally: asking whether any label is ignored would sync the device every step.
+        return loss.masked_fill(ignored, float("inf")), confidence.masked_fill(ignored, 0.0), correct & ~ignored
 
 
 class SampleStats:
@@ -47,21 +59,27 @@ class SampleStats:
         self.loss = np.full(self.num_samples, np.inf, dtype=np.float32)
         self.confidence = np.zeros(self.num_samples, dtype=np.float16)
         self.correct = np.zeros(self.num_samples, dtype=bool)
+        self.num_updates = 0  # writes since this table was made (not checkpointed)
 
     def update(self, indices, loss, confidence, correct) -> None:
         """Write the values of the samples `indices` (array-likes or CPU tensors of equal length).
 
-        An index may repeat (accelerate pads uneven batches with repeated samples); the values of
-        a repeat come from the same weights, so whichever write wins is correct.
+        An index may repeat (accelerate pads uneven batches with repeated samples): the last value
+        given wins (numpy's fancy-index assignment; `recorder.py` orders records oldest first).
         """
-        indices = _as_numpy(indices).astype(np.int64, copy=False)
+        indices = _as_numpy(indices)
         if indices.size == 0:
             return
+        if indices.dtype.kind not in "iu":
+            indices = indices.astype(np.int64)
         if indices.min() < 0 or indices.max() >= self.num_samples:
             raise IndexError(f"sample index out of range [0, {self.num_samples}): {indices.min()}..{indices.max()}")
-        self.loss[indices] = np.nan_to_num(_as_numpy(loss).astype(np.float32, copy=False), nan=np.inf)
+        loss = _as_numpy(loss).astype(np.float32, copy=True)
+        loss[np.isnan(loss)] = np.inf  # a diverged sample: treated as unseen, never hidden
+        self.loss[indices] = loss
         self.confidence[indices] = _as_numpy(confidence)
         self.correct[indices] = _as_numpy(correct)
+        self.num_updates += 1
 
     @property
     def num_seen(self) -> int:

@@ -1,18 +1,21 @@
 """`KakurenboTrainer`: `transformers.Trainer` that hides the least useful samples each epoch.
 
 Thin glue. The algorithm lives in pure modules (`engine`, `stats`, `strategies`, `schedule`,
-`sampler`); this file connects them to the Trainer's hooks:
+`sampler`, `refresh`); this file connects them to the Trainer's hooks:
 
 - `get_train_dataloader` / `_get_train_sampler`: the train set is read through an
-  `IndexedDataset` (rows carry their index) with a `HidingSampler`.
+  `IndexedDataset` (rows carry their index) with a `HidingSampler` that applies the
+  `train_sampling_strategy` to the visible samples.
 - `compute_loss`: records per-sample statistics from the logits; the loss returned for backward
   is the model's own, untouched.
 - `_run_epoch`: at each epoch start, refresh the statistics of the samples hidden in the last
   epoch, select the new hidden set, and run the epoch with its true length (the 5.x loop reads
-  the epoch length once, see DESIGN.md section 2).
+  the epoch length once, see docs/design.md).
 - `create_scheduler`: wraps the schedule so that it follows epoch progress (`VirtualStepLR`).
-- `_save_checkpoint` / `_init_training_state`: the hiding state travels with each checkpoint
-  and an interrupted run resumes in the right epoch, at the right batch.
+- `_save_checkpoint` / `_init_training_state` / `_load_rng_state`: the hiding state travels with
+  each checkpoint, and an interrupted run resumes in the right epoch at the right sample, with
+  the RNG restored before the first sample is read (random augmentations continue exactly), on
+  the same or another number of processes.
 """
 
 from __future__ import annotations
@@ -22,25 +25,32 @@ import math
 import os
 import random
 import time
+from functools import partial
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import asdict
 
 import datasets
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
-from transformers import PreTrainedModel, Trainer
+from transformers import Trainer
 from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.utils import logging
 
-from .checkpoint import load_hiding_state, save_hiding_state
+from .checkpoint import HIDING_STATE_NAME, load_hiding_state, save_hiding_state
+from .compat import load_with_key_conversion
 from .config import KakurenboArguments
+from .distributed import MainProcessTransport, broadcast_decision
 from .engine import EpochPlan, HidingEngine
 from .indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
 from .recorder import StatsRecorder
+from .refresh import plan_refresh_batches, run_refresh
+from .rng import load_snapshot, restore, save_snapshot, snapshot
 from .sampler import HidingSampler
-from .schedule import VirtualStepLR, wrap_scheduler
-from .stats import per_sample_statistics
+from .schedule import find_virtual_scheduler, wrap_scheduler
+from .tasks import auto_statistics
 
 logger = logging.get_logger(__name__)
 
@@ -48,47 +58,45 @@ logger = logging.get_logger(__name__)
 PerSampleStatisticsFn = Callable[[object, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def default_per_sample_statistics(outputs, labels: torch.Tensor):
-    """Statistics of single-label classification: cross-entropy, top probability, correctness.
+def default_per_sample_statistics(outputs, labels: torch.Tensor, model=None):
+    """The built-in statistics of `model`'s task (`kakurenbo_hf.tasks`): classification (single- and
+    multi-label), regression, causal LM, seq2seq, token classification, masked LM, semantic
+    segmentation, detected from the model class, `config.problem_type` and the shapes.
 
-    Raises `ValueError` for outputs without `logits` or label shapes of other tasks.
+    Raises `ValueError` for outputs without `logits` (or a fused head's per-token log-probs) and
+    for tasks that cannot be recognised, naming what to pass instead.
     """
-    logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
-    if logits is None:
-        raise ValueError(
-            "KakurenboTrainer needs the model's outputs to have `logits` to compute per-sample statistics; "
-            f"got {type(outputs).__name__} without them. Return logits, or pass "
-            "`per_sample_statistics_fn=` to KakurenboTrainer."
-        )
-    if (
-        logits.ndim != 2
-        or labels.ndim != 1
-        or labels.shape[0] != logits.shape[0]
-        or labels.is_floating_point()
-        or logits.shape[-1] < 2
-    ):
-        raise ValueError(
-            "KakurenboTrainer's default per-sample statistics need single-label classification: logits of shape "
-            "(batch, classes >= 2) and integer labels of shape (batch,); got logits "
-            f"{tuple(logits.shape)} and labels {tuple(labels.shape)} ({labels.dtype}). For regression, "
-            "multi-label or token-level tasks pass `per_sample_statistics_fn=fn`, where "
-            "fn(outputs, labels) returns per-sample (loss, confidence, correct) tensors of shape (batch,)."
-        )
-    return per_sample_statistics(logits, labels)
+    return auto_statistics(outputs, labels, model)
 
 
-class KakurenboTrainer(Trainer):
-    """A drop-in `Trainer` that hides well-learned samples (KAKURENBO, Nguyen et al., NeurIPS 2023).
+# The Trainer's train_sampling_strategy -> the HidingSampler's order rule.
+_SAMPLER_ORDERS = {"random": "random", "sequential": "sequential", "group_by_length": "custom"}
+
+
+class KakurenboMixin:
+    """KAKURENBO sample hiding for any `transformers.Trainer` subclass (Nguyen et al., NeurIPS 2023).
+
+    Put it first among the bases: `class MyTrainer(KakurenboMixin, Seq2SeqTrainer)`.
+    `KakurenboTrainer` is `KakurenboMixin` + `Trainer`.
 
     Args:
-        *args, **kwargs: exactly those of `transformers.Trainer`. Hiding is configured by the
-            fields of `KakurenboTrainingArguments` (plain `TrainingArguments` get the defaults).
+        *args, **kwargs: exactly those of the Trainer class it is mixed into. Hiding is configured
+            by the fields of `KakurenboTrainingArguments` (plain `TrainingArguments` get the
+            defaults).
         per_sample_statistics_fn: optional `fn(outputs, labels) -> (loss, confidence, correct)`,
             each a tensor of shape (batch,), for tasks other than single-label classification.
+
+    Example::
+
+        >>> class KakurenboSeq2SeqTrainer(KakurenboMixin, Seq2SeqTrainer):
+        ...     pass
     """
 
     def __init__(self, *args, per_sample_statistics_fn: PerSampleStatisticsFn | None = None, **kwargs):
-        given = inspect.signature(Trainer.__init__).bind_partial(self, *args, **kwargs).arguments
+        try:
+            given = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
+        except TypeError:  # a signature we cannot bind: let the Trainer class report it
+            given = kwargs
         if given.get("train_dataset") is not None:
             self._check_train_dataset(given["train_dataset"])  # before the Trainer's own, vaguer error
         super().__init__(*args, **kwargs)
@@ -96,14 +104,17 @@ class KakurenboTrainer(Trainer):
             self.hiding_args = self.args.hiding_arguments()
         else:
             self.hiding_args = KakurenboArguments()
-            logger.info("KakurenboTrainer got plain TrainingArguments: using the default hiding arguments.")
-        self.per_sample_statistics_fn = per_sample_statistics_fn or default_per_sample_statistics
+            logger.info("%s got plain TrainingArguments: using the default hiding arguments.", type(self).__name__)
+        # The built-in statistics follow self.model (replaced by model_init, wrapped by PEFT, ...).
+        self.per_sample_statistics_fn = per_sample_statistics_fn or self._default_statistics
         self.data_collator = IndexCollator(self.data_collator)
         self.hiding_engine: HidingEngine | None = None
         self.hiding_sampler: HidingSampler | None = None
         self._recorder: StatsRecorder | None = None
         self._indexed_train_dataset: IndexedDataset | None = None
         self._resumed_hiding_state: dict | None = None
+        self._resume = _ResumePoint()
+        self._rng_before_last_read: dict | None = None
 
     # --- arguments and data ------------------------------------------------------------------
 
@@ -127,6 +138,13 @@ class KakurenboTrainer(Trainer):
                 raise ValueError(
                     f"KakurenboTrainer needs a whole number of epochs, got num_train_epochs={args.num_train_epochs}."
                 )
+        strategy = getattr(args, "train_sampling_strategy", "random")
+        if strategy not in _SAMPLER_ORDERS:
+            raise ValueError(
+                f"KakurenboTrainer does not support train_sampling_strategy={strategy!r}: its samplers decide per rank "
+                "which samples to train, which cannot leave out a hidden set that every rank shares. Use one of "
+                f"{sorted(_SAMPLER_ORDERS)} ('group_by_length' also groups by length), or the plain Trainer."
+            )
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -143,6 +161,7 @@ class KakurenboTrainer(Trainer):
             # What the Trainer would do to this dataset; a column view, no row is copied.
             dataset = self._remove_unused_columns(dataset, description="training")
         self._indexed_train_dataset = IndexedDataset(dataset)
+        self._indexed_train_dataset.on_read_start = self._remember_rng_state
         dataloader = self._get_dataloader(
             dataset=self._indexed_train_dataset,
             description="Training",
@@ -154,9 +173,29 @@ class KakurenboTrainer(Trainer):
         return dataloader
 
     def _get_train_sampler(self, train_dataset=None) -> HidingSampler:
+        """A `HidingSampler` that orders the visible samples as `train_sampling_strategy` asks."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        self.hiding_sampler = HidingSampler(len(dataset), seed=self._hiding_seed())
+        order = _SAMPLER_ORDERS[getattr(self.args, "train_sampling_strategy", "random")]
+        order_fn = self._length_grouped_order_fn(dataset) if order == "custom" else None
+        self.hiding_sampler = HidingSampler(len(dataset), seed=self._hiding_seed(), order=order, order_fn=order_fn)
         return self.hiding_sampler
+
+    def _length_grouped_order_fn(self, dataset):
+        """transformers' length grouping (`get_length_grouped_indices`), applied to the visible samples.
+
+        Lengths come from where the Trainer's `LengthGroupedSampler` takes them (the
+        `length_column_name` column, else the model's first input), through that class itself.
+        """
+        raw = dataset.dataset if isinstance(dataset, IndexedDataset) else dataset
+        lengths = None
+        if isinstance(raw, datasets.Dataset) and self.args.length_column_name in raw.column_names:
+            lengths = raw[self.args.length_column_name]
+        input_name = self.processing_class.model_input_names[0] if self.processing_class is not None else None
+        group_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        lengths = np.asarray(
+            LengthGroupedSampler(group_size, dataset=dataset, lengths=lengths, model_input_name=input_name).lengths
+        )
+        return partial(_length_grouped_order, lengths=lengths, group_size=group_size)
 
     def _hiding_seed(self) -> int:
         """The seed accelerate's SeedableRandomSampler uses for the plain Trainer (same order at F=0).
@@ -173,7 +212,8 @@ class KakurenboTrainer(Trainer):
         return seed[0]
 
     def _check_first_batch(self, collate_fn) -> None:
-        """Fail before training if batches carry no labels (random transforms do not disturb the RNG)."""
+        """Fail before training if batches carry no labels or pack several samples into a row (random
+        transforms do not disturb the RNG)."""
         dataset = self._indexed_train_dataset
         with _preserved_rng_state():
             batch = collate_fn(dataset.__getitems__(list(range(min(2, len(dataset))))))
@@ -183,6 +223,7 @@ class KakurenboTrainer(Trainer):
                 f"batch has only {sorted(k for k in batch.keys() if k != SAMPLE_INDEX_KEY)}. Put them under "
                 f"{self.label_names or ['labels']} (or set `label_names`)."
             )
+        self._check_one_row_per_sample(batch)
 
     def _labels_of(self, inputs):
         for name in (self.label_names or []) + ["labels", "label"]:
@@ -203,51 +244,44 @@ class KakurenboTrainer(Trainer):
             self._recorder.add(sample_indices, sample_loss, confidence, correct, step=self.state.global_step)
         return (loss, outputs) if return_outputs else loss
 
-    def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.accelerator.num_processes == 1:
-            return tensor
-        tensor = self.accelerator.pad_across_processes(tensor.to(self.args.device), dim=0, pad_index=-1)
-        return self.accelerator.gather(tensor)
-
     def _flush_statistics(self) -> None:
+        """Send every rank's records to the table (on the main process). Collective."""
         if self._recorder is not None:
-            self._recorder.flush(self._gather, device=self.args.device)
+            transport = MainProcessTransport(self.args.device) if self.accelerator.num_processes > 1 else None
+            self._recorder.flush(transport, device=self.args.device)
 
-    @torch.inference_mode()
     def _refresh(self, model, indices: np.ndarray) -> None:
-        """Forward-only pass over `indices` (this rank's share): eval mode, eval batch size."""
-        unwrapped = self.accelerator.unwrap_model(model)
-        was_training = unwrapped.training
-        unwrapped.eval()
-        share = indices[self.accelerator.process_index :: self.accelerator.num_processes]
-        batch_size = self.args.eval_batch_size
-        loader = DataLoader(
-            self._indexed_train_dataset,
-            batch_sampler=[share[i : i + batch_size].tolist() for i in range(0, len(share), batch_size)],
-            collate_fn=self.callback_handler.train_dataloader.collate_fn,
-            num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
-            generator=torch.Generator(),  # leaves the global RNG alone
+        """Forward-only pass over `indices`, split across ranks in equal batch counts (see `refresh.py`)."""
+        accelerator = self.accelerator
+        batch_size = self.hiding_args.refresh_batch_size or max(
+            self.args.per_device_train_batch_size, self.args.per_device_eval_batch_size
         )
-        try:
-            with _preserved_rng_state():
-                for batch in loader:
-                    sample_indices = batch.pop(SAMPLE_INDEX_KEY)
-                    batch = self._prepare_inputs(batch)
-                    with self.autocast_smart_context_manager():
-                        outputs = unwrapped(**batch)
-                    sample_loss, confidence, correct = self.per_sample_statistics_fn(outputs, self._labels_of(batch))
-                    self._recorder.add(sample_indices, sample_loss, confidence, correct, self.state.global_step)
-        finally:
-            unwrapped.train(was_training)
+        batches = plan_refresh_batches(indices, accelerator.process_index, accelerator.num_processes, batch_size)
+        dataset = self._indexed_train_dataset
+        read_hook, dataset.on_read_start = dataset.on_read_start, None  # not a training read
+        with _preserved_rng_state():
+            run_refresh(
+                model,
+                self._indexed_train_dataset,
+                batches,
+                collate_fn=self.callback_handler.train_dataloader.collate_fn,
+                forward_inputs=self._prepare_inputs,
+                statistics=lambda outputs, batch: self.per_sample_statistics_fn(outputs, self._labels_of(batch)),
+                record=lambda *values: self._recorder.add(*values, step=self.state.global_step),
+                index_key=SAMPLE_INDEX_KEY,
+                autocast=self.autocast_smart_context_manager,
+                num_workers=self.args.dataloader_num_workers,
+                pin_memory=self.args.dataloader_pin_memory,
+            )
+        dataset.on_read_start = read_hook
 
     # --- the epoch -----------------------------------------------------------------------------
 
     def _start_hiding(self, num_epochs: int) -> None:
-        self.hiding_engine = HidingEngine(
-            len(self._indexed_train_dataset), num_epochs, self.hiding_args, seed=self.hiding_sampler.seed
-        )
-        self._recorder = StatsRecorder(self.hiding_engine.stats)
+        num_samples = len(self._indexed_train_dataset)
+        self.hiding_engine = HidingEngine(num_samples, num_epochs, self.hiding_args, seed=self.hiding_sampler.seed,
+                                          holds_table=self.accelerator.is_main_process)
+        self._recorder = StatsRecorder(self.hiding_engine.stats, num_samples=num_samples)
         if self._resumed_hiding_state is not None:
             self.hiding_engine.load_state_dict(self._resumed_hiding_state)
         self.hiding_sampler.seed = self.hiding_engine.seed
@@ -255,41 +289,81 @@ class KakurenboTrainer(Trainer):
     def _plan_epoch(self, model, epoch: int) -> EpochPlan:
         """Refresh last epoch's hidden samples, then choose this epoch's hidden set."""
         engine = self.hiding_engine
-        to_refresh = engine.samples_to_refresh()
+        to_refresh = engine.samples_to_refresh(epoch)
         started = time.perf_counter()
         if len(to_refresh):
             self._refresh(model, to_refresh)
         self._flush_statistics()
         refresh_seconds = time.perf_counter() - started if len(to_refresh) else 0.0
-        plan = engine.plan_epoch(epoch)
+        plan = engine.plan_epoch(epoch) if engine.holds_table else None
+        if self.accelerator.num_processes > 1:  # decided once, on the main process; the others adopt it
+            bits, values = broadcast_decision(engine.hidden_bits if plan else None, asdict(plan) if plan else None,
+                                              engine.hidden_bits.size, self.args.device)
+            if not engine.holds_table:
+                engine.adopt(EpochPlan(**values), bits)
+            plan = engine.current_plan
         plan.refresh_seconds = refresh_seconds
+        plan.num_refreshed = int(len(to_refresh))
         return plan
+
+    def _samples_per_step(self) -> int:
+        """Samples of the epoch's order one optimizer step consumes (all ranks, all micro-batches)."""
+        return self._train_batch_size * self.accelerator.num_processes * self.args.gradient_accumulation_steps
 
     def _run_epoch(self, model, epoch, train_dataloader, steps_in_epoch, num_update_steps_per_epoch, **kwargs):
         num_epochs = math.ceil(self.args.num_train_epochs) if self.args.max_steps <= 0 else None
         if self.hiding_engine is None:
             self._start_hiding(num_epochs or 1)
-        engine = self.hiding_engine
+        engine, sampler, resume = self.hiding_engine, self.hiding_sampler, self._resume
         full_update_steps = num_update_steps_per_epoch
-        resumed = engine.current_plan is not None and engine.current_plan.epoch == epoch
-        if resumed:
-            plan = engine.current_plan  # resumed mid-epoch: same hidden set, same order
-        else:
-            plan = self._plan_epoch(model, epoch)
+        resuming = kwargs.get("resume_from_checkpoint") is not None and epoch == kwargs.get("epochs_trained")
+        if resuming and kwargs.get("steps_trained_in_current_epoch", 0) == 0:
+            # The Trainer would restore the RNG only inside the epoch, after our refresh drew from it.
+            self._restore_rng_state_once(kwargs["resume_from_checkpoint"])
+        continued = engine.current_plan is not None and engine.current_plan.epoch == epoch
+        plan = engine.current_plan if continued else self._plan_epoch(model, epoch)
+        sampler.set_hidden_bits(engine.hidden_bits)
+        sampler.set_epoch(epoch)
+        if continued:
+            sampler.set_start(plan.start_sample)
+            if engine.order_rng_state.size:
+                sampler.restore_order_rng_state(engine.order_rng_state)
+            if resuming and kwargs.get("steps_trained_in_current_epoch", 0) > 0:
+                self._replay_rng_at_first_read(kwargs["resume_from_checkpoint"])
+        if resume.new_geometry and continued:
+            # Resumed on another number of processes or batch size: go on at the first sample not
+            # yet trained, with the epoch's remaining steps counted in the new geometry.
+            done = plan.samples_done(self.state.global_step)
+            plan.start_sample, plan.start_step = done, self.state.global_step
+            sampler.set_start(done)
+            logger.warning(
+                "Resumed epoch %d with %d samples per optimizer step (the checkpoint used %d): continuing at "
+                "sample %d of %d of the epoch's order.",
+                epoch, self._samples_per_step(), resume.saved_samples_per_step, done, sampler.num_visible,
+            )
+        elif not continued:
             plan.start_step = self.state.global_step
-        self.hiding_sampler.set_hidden(engine.hidden)
-        self.hiding_sampler.set_epoch(epoch)
-        if engine.enabled:
+        plan.samples_per_step = self._samples_per_step()
+        if engine.enabled or plan.start_sample:
             steps_in_epoch = len(train_dataloader)
-            ga = self.args.gradient_accumulation_steps
-            num_update_steps_per_epoch = max(math.ceil(steps_in_epoch / ga), 1)
+            num_update_steps_per_epoch = max(math.ceil(steps_in_epoch / self.args.gradient_accumulation_steps), 1)
         plan.update_steps = num_update_steps_per_epoch
-        if isinstance(self.lr_scheduler, VirtualStepLR):
-            self.lr_scheduler.begin_epoch(epoch, plan.start_step, num_update_steps_per_epoch, plan.lr_factor)
+        scheduler = find_virtual_scheduler(self.lr_scheduler)
+        if scheduler is not None:
+            if resume.new_geometry and continued:
+                scheduler.continue_epoch(plan.start_step, num_update_steps_per_epoch)
+            else:
+                # After skipping the rest of an interrupted epoch, start where the epoch would have.
+                start_virtual = scheduler.epoch_end_virtual if resume.skipped_to_boundary else None
+                scheduler.begin_epoch(epoch, plan.start_step, num_update_steps_per_epoch, plan.lr_factor,
+                                      start_virtual=start_virtual)
+        if resume.skipped_to_boundary:
+            self.state.epoch = float(epoch)
+        self._resume = _ResumePoint()  # applies to the resumed epoch only
         if engine.enabled and num_epochs is not None:
             remaining_epochs = num_epochs - epoch - 1
             self._set_max_steps(plan.start_step + num_update_steps_per_epoch + remaining_epochs * full_update_steps)
-        if not resumed:
+        if not continued:
             self.log(plan.log_values())
         super()._run_epoch(
             model=model,
@@ -331,26 +405,70 @@ class KakurenboTrainer(Trainer):
         # Written before the Trainer's own files, so a hub push of the checkpoint carries it.
         if self.hiding_engine is not None:
             self._flush_statistics()  # collective: every rank saves at the same step
+            self.hiding_engine.order_rng_state = self.hiding_sampler.order_rng_state
+            folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+            if self._rng_before_last_read is not None:  # every rank: its own transforms' RNG
+                save_snapshot(self._rng_before_last_read, folder, self.accelerator.process_index)
             if self.args.should_save:
-                folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
                 save_hiding_state(self.hiding_engine.state_dict(), folder)
         super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         target = model if model is not None else self.model
-        if not _load_with_key_conversion(resume_from_checkpoint, target):
+        if not load_with_key_conversion(resume_from_checkpoint, target):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-        state = load_hiding_state(resume_from_checkpoint)
-        if state is None:
-            logger.info("%s has no hiding state (a plain Trainer checkpoint): hiding starts afresh.", resume_from_checkpoint)
-        else:
-            HidingEngine.check_state(state, len(self.train_dataset))
+        state = load_hiding_state(resume_from_checkpoint, with_stats=self.accelerator.is_main_process)
+        if state is not None:
+            try:
+                HidingEngine.check_state(state, len(self.train_dataset))
+            except ValueError as error:
+                raise ValueError(f"{os.path.join(resume_from_checkpoint, HIDING_STATE_NAME)}: {error}") from error
         self._resumed_hiding_state = state
+        self._resume_checkpoint = resume_from_checkpoint
 
     def _load_best_model(self) -> None:
         # Same upstream key-name problem as on resume (load_best_model_at_end with ViT/DeiT).
-        if not _load_with_key_conversion(self.state.best_model_checkpoint, self.model):
+        if not load_with_key_conversion(self.state.best_model_checkpoint, self.model):
             super()._load_best_model()
+
+    def _remember_rng_state(self) -> None:
+        """Before each training read: the RNG state its random transforms start from (see rng.py)."""
+        self._rng_before_last_read = snapshot()
+
+    def _replay_rng_at_first_read(self, checkpoint: str) -> None:
+        """Mid-epoch resume: replay the uninterrupted run's RNG draws around the first batch read.
+
+        Before the first read, the state the same read started from in the uninterrupted run; right
+        after it, the Trainer's checkpointed state (which already held that read's draws). The
+        Trainer's own later restore is skipped. Without this rank's snapshot (an older checkpoint,
+        another number of processes) the Trainer restores the RNG as usual.
+        """
+        before_read = load_snapshot(checkpoint, self.accelerator.process_index)
+        dataset = self._indexed_train_dataset
+        if before_read is None or self._resume.new_geometry:
+            return
+
+        def start():
+            restore(before_read)
+            self._rng_before_last_read = before_read
+            dataset.on_read_start = self._remember_rng_state
+
+        def end():
+            dataset.on_read_end = None
+            self._restore_rng_state_once(checkpoint)
+
+        dataset.on_read_start, dataset.on_read_end = start, end
+
+    def _restore_rng_state_once(self, checkpoint: str) -> None:
+        """Restore the checkpoint's RNG state now; the Trainer's own next restore is then skipped."""
+        super()._load_rng_state(checkpoint)
+        self._rng_state_restored = True
+
+    def _load_rng_state(self, checkpoint) -> None:
+        if getattr(self, "_rng_state_restored", False):
+            self._rng_state_restored = False  # restored already, at the right moment
+            return
+        super()._load_rng_state(checkpoint)
 
     def _finalize_training(self, trial, num_train_samples, start_time):
         # The Trainer assumes full epochs; count the samples really trained for its speed metrics.
@@ -362,55 +480,137 @@ class KakurenboTrainer(Trainer):
         epochs_trained, steps_trained = super()._init_training_state(
             max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
         )
+        self._resume = _ResumePoint()
+        self._rng_state_restored = False
+        if resume_from_checkpoint is None:
+            return epochs_trained, steps_trained
         plans = (self._resumed_hiding_state or {}).get("plans") or []
-        if plans:
-            # The Trainer assumes full-length epochs; the saved plans know each epoch's true length.
-            last = plans[-1]
-            done_in_epoch = self.state.global_step - last["start_step"]
-            if done_in_epoch >= last["update_steps"]:
-                epochs_trained, steps_trained = last["epoch"] + 1, 0
-            else:
-                epochs_trained = last["epoch"]
-                steps_trained = 0 if self.args.ignore_data_skip else done_in_epoch * self.args.gradient_accumulation_steps
-        return epochs_trained, steps_trained
+        if self._resumed_hiding_state is None:
+            return self._resume_without_state(resume_from_checkpoint, epochs_trained, steps_trained)
+        if not plans:
+            return epochs_trained, steps_trained
+        # The Trainer assumes full-length epochs; the saved plans know each epoch's true length.
+        last = EpochPlan(**plans[-1])
+        done_in_segment = self.state.global_step - last.start_step
+        if done_in_segment >= last.update_steps:
+            return last.epoch + 1, 0
+        if last.samples_per_step and last.samples_per_step != self._samples_per_step() and not self.args.ignore_data_skip:
+            self._resume = _ResumePoint(new_geometry=True, saved_samples_per_step=last.samples_per_step)
+            return last.epoch, 0
+        return last.epoch, 0 if self.args.ignore_data_skip else done_in_segment * self.args.gradient_accumulation_steps
+
+    def _resume_without_state(self, checkpoint: str, epochs_trained: int, steps_trained: int) -> tuple[int, int]:
+        """A checkpoint without hiding state: fine for a run that never hid; refused (or opted in) otherwise."""
+        hid = [entry for entry in self.state.log_history if entry.get("kakurenbo/hidden", 0) > 0]
+        if not hid:
+            logger.info("%s has no hiding state and its run never hid a sample: hiding starts afresh.", checkpoint)
+            return epochs_trained, steps_trained
+        if not self.hiding_args.resume_without_hiding_state:
+            raise ValueError(
+                f"{checkpoint} has no {HIDING_STATE_NAME}, but its run hid samples (trainer_state.json logs "
+                f"kakurenbo/hidden = {hid[-1]['kakurenbo/hidden']} at step {hid[-1].get('step')}): its epochs were "
+                "shorter than full ones, so the Trainer cannot tell where to resume. Copy the whole checkpoint folder, "
+                "or set resume_without_hiding_state=True to continue at the next epoch boundary with hiding restarted "
+                "from fresh statistics."
+            )
+        epoch_progress = float(self.state.epoch or 0.0)
+        next_epoch = math.ceil(epoch_progress - 1e-9)
+        skipped = next_epoch - epoch_progress
+        if skipped > 1e-9:
+            logger.warning(
+                "%s has no hiding state: skipping the rest of epoch %d (%.0f%% of it) and continuing at epoch %d with "
+                "hiding restarted from fresh statistics (resume_without_hiding_state=True).",
+                checkpoint, next_epoch - 1, 100 * skipped, next_epoch,
+            )
+        else:
+            logger.warning(
+                "%s has no hiding state: continuing at epoch %d with hiding restarted from fresh statistics "
+                "(resume_without_hiding_state=True).", checkpoint, next_epoch,
+            )
+        self._resume = _ResumePoint(skipped_to_boundary=True)
+        return next_epoch, 0
+
+    # --- tasks ---------------------------------------------------------------------------------
+
+    def _default_statistics(self, outputs, labels):
+        """The built-in statistics of the current model's task (see `kakurenbo_hf.tasks`)."""
+        return default_per_sample_statistics(outputs, labels, model=self.model)
+
+    def _check_one_row_per_sample(self, batch) -> None:
+        """Refuse batches that pack several documents into one row (packing / flattening collators).
+
+        Hiding and the statistics are per row of the training set. A packed row holds several
+        documents whose positions restart (`position_ids`), a flattened batch is one row for many
+        samples (`DataCollatorWithFlattening`, TRL's `padding_free`): neither maps rows to samples.
+        """
+        indices = batch.get(SAMPLE_INDEX_KEY)
+        labels = self._labels_of(batch)
+        num_samples = len(indices) if indices is not None else None
+        packed_keys = sorted(key for key in _PACKING_KEYS if key in batch)
+        reason = None
+        if packed_keys:
+            reason = f"the batch carries {packed_keys} (sequence boundaries of packed rows)"
+        elif (num_samples is not None and isinstance(labels, torch.Tensor) and labels.ndim >= 1
+              and labels.shape[0] != num_samples):
+            reason = f"the batch has {labels.shape[0]} label row(s) for {num_samples} samples"
+        elif isinstance(batch.get("position_ids"), torch.Tensor) and _positions_restart(
+                batch["position_ids"], batch.get("attention_mask")):
+            reason = "its `position_ids` restart inside a row (several documents per row)"
+        if reason is not None:
+            raise ValueError(
+                f"KakurenboTrainer hides rows of the training set, so one row must be one sample; {reason}. A packing "
+                "collator breaks that: hiding a row would hide every document in it and its statistics would average "
+                "over them. Packing is not supported: turn it off (TRL: `packing=False`, `padding_free=False`; no "
+                "`DataCollatorWithFlattening`). Fixed-length blocks made before training (the HF language-modeling "
+                "recipe's `group_texts`) are fine: each block is a sample."
+            )
 
 
-def _load_with_key_conversion(folder: str, model) -> bool:
-    """Load `folder`'s weights into `model` through `from_pretrained` if their key names differ.
+# Batch keys of packed / flattened batches (flash-attention varlen boundaries, TRL, Mamba).
+_PACKING_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "cu_seqlens", "max_length_q", "max_length_k", "seq_idx")
 
-    transformers saves some models (ViT, DeiT) under their Hub key names, and the Trainer reloads
-    checkpoints unconverted: it warns about missing keys and goes on with the weights it had.
-    `from_pretrained` knows the conversion; its result is copied in place. Returns False (nothing
-    done) when the names match or the model is not a plain `PreTrainedModel`.
+
+def _positions_restart(position_ids: torch.Tensor, attention_mask=None) -> bool:
+    """Whether positions go down inside a row, among attended tokens (left/right padding is fine)."""
+    if position_ids.ndim != 2 or position_ids.shape[1] < 2:
+        return False
+    valid = torch.ones_like(position_ids, dtype=torch.bool)
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.shape == position_ids.shape:
+        valid = attention_mask.bool()
+    drops = (position_ids[:, 1:] < position_ids[:, :-1]) & valid[:, 1:] & valid[:, :-1]
+    return bool(drops.any())
+
+
+class KakurenboTrainer(KakurenboMixin, Trainer):
+    """A drop-in `Trainer` that hides well-learned samples (KAKURENBO, Nguyen et al., NeurIPS 2023).
+
+    Args:
+        *args, **kwargs: exactly those of `transformers.Trainer`. Hiding is configured by the
+            fields of `KakurenboTrainingArguments` (plain `TrainingArguments` get the defaults).
+        per_sample_statistics_fn: optional `fn(outputs, labels) -> (loss, confidence, correct)`,
+            each a tensor of shape (batch,), for tasks other than single-label classification.
+
+    Example::
+
+        >>> args = KakurenboTrainingArguments("out", num_train_epochs=10, hiding_fraction=0.3)
+        >>> trainer = KakurenboTrainer(model=model, args=args, train_dataset=train_set)
+        >>> trainer.train()
     """
-    if not _checkpoint_keys_differ(folder, model):
-        return False
-    logger.info("Loading %s through from_pretrained (its key names differ from the model's).", folder)
-    dtype = next(model.parameters()).dtype
-    reloaded = type(model).from_pretrained(folder, config=model.config, dtype=dtype)
-    model.load_state_dict(reloaded.state_dict(), strict=True)
-    return True
 
 
-def _checkpoint_keys_differ(folder: str, model) -> bool:
-    """True if `folder`'s safetensors weights use other key names than `model` (a PreTrainedModel)."""
-    if not isinstance(model, PreTrainedModel):
-        return False
-    index_file = os.path.join(folder, "model.safetensors.index.json")
-    weights_file = os.path.join(folder, "model.safetensors")
-    if os.path.isfile(index_file):
-        import json
+class _ResumePoint:
+    """How the epoch being resumed differs from an exact continuation (one-shot, then cleared)."""
 
-        with open(index_file) as handle:
-            keys = set(json.load(handle)["weight_map"])
-    elif os.path.isfile(weights_file):
-        from safetensors import safe_open
+    def __init__(self, new_geometry: bool = False, saved_samples_per_step: int = 0, skipped_to_boundary: bool = False):
+        self.new_geometry = new_geometry
+        self.saved_samples_per_step = saved_samples_per_step
+        self.skipped_to_boundary = skipped_to_boundary
 
-        with safe_open(weights_file, framework="pt") as handle:
-            keys = set(handle.keys())
-    else:
-        return False
-    return keys != set(model.state_dict().keys())
+
+def _length_grouped_order(visible: np.ndarray, generator: torch.Generator, lengths: np.ndarray, group_size: int):
+    """transformers' length grouping of the visible samples (megabatches sorted by length)."""
+    positions = get_length_grouped_indices(lengths[visible].tolist(), group_size, generator=generator)
+    return visible[np.asarray(positions, dtype=np.int64)]
 
 
 @contextmanager

@@ -19,7 +19,8 @@ tiny ViT or DeiT on generated data. Every rank writes, under `DIR/<name>/`:
 Run options (keys of a `--runs` entry, all optional except `name`): `trainer` ("kakurenbo" or
 "plain"), `model` ("vit" or "deit"), `num_samples`, `epochs`, `batch_size`, `hiding_fraction`,
 `confidence_threshold`, `learning_rate`, `save_steps` (0: no checkpoints), `resume` (checkpoint
-path), `seed`.
+path), `seed`, `augment` (a random flip + noise through `set_transform`, as the HF image recipe).
+Without `accelerate launch` (plain `python tests/mp_worker.py ...`) it runs in one process.
 """
 
 from __future__ import annotations
@@ -90,13 +91,23 @@ class RecordingKakurenboTrainer(RecordingMixin, KakurenboTrainer):
             mine.extend(int(i) for i in sample_indices.reshape(-1).tolist())
             return original_add(sample_indices, *rest, **kwargs)
 
+        forwards = []
+        statistics = self.per_sample_statistics_fn
+
+        def counting(outputs, labels):  # called once per refresh forward pass
+            forwards.append(int(labels.shape[0]))
+            return statistics(outputs, labels)
+
         recorder.add = spy
+        self.per_sample_statistics_fn = counting
         try:
             super()._refresh(model, indices)
         finally:
             del recorder.add  # back to the class's method
+            self.per_sample_statistics_fn = statistics
         self.records["refresh"].append(
-            {"before_epoch": self._current_epoch, "full": np.asarray(indices).tolist(), "mine": mine}
+            {"before_epoch": self._current_epoch, "full": np.asarray(indices).tolist(), "mine": mine,
+             "forwards": forwards}
         )
 
     def _save_checkpoint(self, model, trial):
@@ -110,6 +121,21 @@ class RecordingTrainer(RecordingMixin, Trainer):
         self._init_records()
 
 
+def augmented(dataset):
+    """Random flip and noise drawn from the global torch RNG on every read (`set_transform`)."""
+    dataset = dataset.with_format(None)
+
+    def augment(batch):
+        pixels = torch.tensor(np.asarray(batch["pixel_values"], dtype=np.float32))
+        flip = torch.rand(len(pixels)) < 0.5
+        pixels[flip] = pixels[flip].flip(-1)
+        pixels = pixels + 0.3 * torch.randn_like(pixels)
+        return {"pixel_values": list(pixels), "label": batch["label"]}
+
+    dataset.set_transform(augment)
+    return dataset
+
+
 def run(spec: dict, out: str) -> None:
     name = spec["name"]
     folder = os.path.join(out, name)
@@ -118,12 +144,14 @@ def run(spec: dict, out: str) -> None:
     num_classes = 4
     dataset = make_image_dataset(num_samples=int(spec.get("num_samples", 160)), num_classes=num_classes,
                                  seed=seed, noise=float(spec.get("noise", 0.7)))
+    if spec.get("augment"):
+        dataset = augmented(dataset)
     make_model = {"vit": make_vit, "deit": make_deit}[spec.get("model", "vit")]
     model = make_model(num_classes=num_classes, seed=seed)
     save_steps = int(spec.get("save_steps", 0))
     common = dict(
         output_dir=os.path.join(folder, "output"),
-        use_cpu=True,
+        use_cpu=bool(spec.get("use_cpu", True)),
         per_device_train_batch_size=int(spec.get("batch_size", 8)),
         per_device_eval_batch_size=int(spec.get("eval_batch_size", 16)),
         num_train_epochs=int(spec.get("epochs", 4)),
@@ -137,12 +165,14 @@ def run(spec: dict, out: str) -> None:
         disable_tqdm=True,
         dataloader_num_workers=0,
         seed=seed,
+        remove_unused_columns=not spec.get("augment"),
     )
     kind = spec.get("trainer", "kakurenbo")
     if kind == "kakurenbo":
         args = KakurenboTrainingArguments(
             hiding_fraction=float(spec.get("hiding_fraction", 0.5)),
             confidence_threshold=float(spec.get("confidence_threshold", 0.1)),
+            refresh_fraction=float(spec.get("refresh_fraction", 1.0)),
             **common,
         )
         trainer_cls = RecordingKakurenboTrainer
@@ -166,6 +196,7 @@ def run(spec: dict, out: str) -> None:
     records["log_history"] = trainer.state.log_history
     records["global_step"] = int(trainer.state.global_step)
     records["state_epoch"] = float(trainer.state.epoch)
+    records["final_lr"] = float(trainer.optimizer.param_groups[0]["lr"])
     engine = getattr(trainer, "hiding_engine", None)
     records["plans"] = engine.state_dict()["plans"] if engine is not None else []
     with open(os.path.join(folder, f"rank{rank}.json"), "w") as handle:
@@ -183,6 +214,9 @@ def main() -> None:
     torch.set_num_threads(1)
     for spec in json.loads(options.runs):
         run(spec, options.out)
+    if torch.distributed.is_initialized():  # a clean gloo shutdown: without it an exit can abort (seen once)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

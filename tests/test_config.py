@@ -18,7 +18,8 @@ def test_defaults():
     assert args.confidence_threshold == 0.7
     assert args.hiding_decay_factors == [0.8, 0.6, 0.4]
     assert args.hiding_decay_milestones == pytest.approx([1 / 3, 2 / 3, 8 / 9])
-    assert args.lr_compensation == "target"
+    assert args.lr_compensation == "realized"  # cannot raise the LR when nothing is hidden
+    assert args.resume_without_hiding_state is False
     assert args.refresh_hidden is True
     assert args.hiding_warmup_epochs == 1
     assert args.hiding_strategy == "kakurenbo"
@@ -38,6 +39,8 @@ def test_every_field_has_help():
     [
         ({"hiding_fraction": -0.1}, "hiding_fraction"),
         ({"hiding_fraction": 1.0}, "hiding_fraction"),
+        ({"hiding_fraction": 1 - 1e-10}, "hiding_fraction"),
+        ({"hiding_fraction": 0.91}, "hiding_fraction"),
         ({"hiding_fraction": 1.5}, "hiding_fraction"),
         ({"confidence_threshold": 1.5}, "confidence_threshold"),
         ({"confidence_threshold": -0.01}, "confidence_threshold"),
@@ -64,7 +67,7 @@ def test_bad_values_raise_value_error_naming_the_field(kwargs, field_name):
 
 def test_valid_edge_values():
     KakurenboArguments(hiding_fraction=0.0)
-    KakurenboArguments(hiding_fraction=0.99)
+    KakurenboArguments(hiding_fraction=0.9)
     KakurenboArguments(confidence_threshold=0.0)
     KakurenboArguments(confidence_threshold=1.0)
     KakurenboArguments(hiding_decay_milestones=[], hiding_decay_factors=[])

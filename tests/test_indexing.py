@@ -62,8 +62,83 @@ def fresh_dict_collate(features):
 # --- IndexedDataset --------------------------------------------------------------------------
 
 
-def test_key_is_not_a_common_column_name():
-    assert SAMPLE_INDEX_KEY not in ("idx", "index", "id", "label", "labels")
+COMMON_COLUMNS = ("idx", "index", "id", "label", "labels", "sample_index", "__index_level_0__")
+
+
+def make_common_columns_dataset(n=12, **extra_columns):
+    """Every common column holds values that differ from the row position (reversed, shifted, strings)."""
+    return HFDataset.from_dict({
+        **extra_columns,
+        "x": [float(i) for i in range(n)],
+        "idx": list(range(n - 1, -1, -1)),
+        "index": [100 + i for i in range(n)],
+        "id": [f"row-{i}" for i in range(n)],
+        "label": [i % 3 for i in range(n)],
+        "labels": [(i + 1) % 3 for i in range(n)],
+        "sample_index": [7] * n,
+        "__index_level_0__": [-i for i in range(n)],
+    })
+
+
+def expected_row(i, n=12):
+    return {"x": float(i), "idx": n - 1 - i, "index": 100 + i, "id": f"row-{i}", "label": i % 3,
+            "labels": (i + 1) % 3, "sample_index": 7, "__index_level_0__": -i}
+
+
+def test_common_column_names_survive_next_to_the_key():
+    """Data sets with `idx` (GLUE), `index`, `id`, ... columns keep them intact; the key never collides."""
+    ds = make_common_columns_dataset()
+    assert SAMPLE_INDEX_KEY not in ds.column_names
+    dataset = IndexedDataset(ds)
+    assert dataset[4] == {**expected_row(4), SAMPLE_INDEX_KEY: 4}  # no ValueError about an existing column
+    seen = []
+
+    def passthrough(features):  # a collator that keeps every column it gets
+        seen.extend(features)
+        return {k: [f[k] for f in features] for k in features[0]}
+
+    order = [5, 0, 11, 5]
+    batch = IndexCollator(passthrough)(dataset.__getitems__(order))
+    assert seen == [expected_row(i) for i in order]  # the user's collator sees the untouched columns
+    assert set(batch) == {"x", *COMMON_COLUMNS, SAMPLE_INDEX_KEY}
+    assert batch[SAMPLE_INDEX_KEY].tolist() == order
+    assert batch["idx"] == [6, 11, 0, 6] and batch["index"] == [105, 100, 111, 105]
+    assert batch["id"] == ["row-5", "row-0", "row-11", "row-5"] and batch["sample_index"] == [7] * 4
+
+
+def test_trainer_train_dataloader_keeps_common_columns(tmp_path):
+    """Through KakurenboTrainer (remove_unused_columns=False): every column reaches the user's collator
+    with its own values, and each batch's indices are the rows' positions."""
+    from helpers import make_vit
+
+    from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
+
+    n = 12
+    pixels = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((n, 3, 16, 16), dtype=np.float32)
+    ds = make_common_columns_dataset(n, pixel_values=pixels)
+    seen = []
+
+    def collate(features):
+        seen.extend(features)
+        return {"pixel_values": torch.stack([torch.as_tensor(f["pixel_values"]) for f in features]),
+                "labels": torch.tensor([f["labels"] for f in features])}
+
+    args = KakurenboTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4,
+                                      remove_unused_columns=False, report_to="none", use_cpu=True)
+    trainer = KakurenboTrainer(model=make_vit(num_classes=3), args=args, train_dataset=ds.with_format("numpy"),
+                               data_collator=collate)
+    loader = trainer.get_train_dataloader()
+    seen.clear()  # drop the rows of the trainer's first-batch check
+    batches = list(loader)
+    indices = torch.cat([b[SAMPLE_INDEX_KEY] for b in batches]).tolist()
+    assert sorted(indices) == list(range(n))
+    assert len(seen) == n
+    for feature, i in zip(seen, indices):
+        assert set(feature) == {"x", "pixel_values", *COMMON_COLUMNS}
+        assert {k: feature[k].item() if hasattr(feature[k], "item") else feature[k] for k in expected_row(i)} == expected_row(i)
+        assert float(feature["pixel_values"][0, 0, 0]) == float(i)
+    for b in batches:  # the batch's data matches its indices
+        assert b["pixel_values"][:, 0, 0, 0].tolist() == [float(i) for i in b[SAMPLE_INDEX_KEY].tolist()]
 
 
 def test_rows_carry_their_index_list_dataset():

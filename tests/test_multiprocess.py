@@ -6,7 +6,11 @@ Two launches of `tests/mp_worker.py` (about a minute each on 2 cores, most of it
    - `hide`: KakurenboTrainer, tiny ViT, hiding on, checkpoints every few steps (some mid-epoch);
    - `f0`:   KakurenboTrainer with hiding_fraction=0, tiny DeiT;
    - `plain`: transformers.Trainer, same DeiT, data and arguments.
+   - `aug`:  as `hide`, with random augmentation (flip + noise through `set_transform`).
 2. `resume`: from a mid-epoch checkpoint of `hide`, to the end, in a fresh launch.
+3. `aug_resume`: from a mid-epoch and from an epoch-end checkpoint of `aug`.
+4. Another number of processes: `hide` (2 processes) resumed in 1 process, and `solo` (1 process,
+   plain `python`) resumed in 2.
 
 Each rank writes what it hid, what it trained on, what it refreshed, its per-step losses and its
 final weights; the tests compare the ranks' records with each other and with the expectations.
@@ -39,6 +43,7 @@ HIDE_RUN = dict(name="hide", model="vit", num_samples=NUM_SAMPLES, epochs=EPOCHS
 F0_RUN = dict(name="f0", trainer="kakurenbo", model="deit", num_samples=NUM_SAMPLES, epochs=3, batch_size=BATCH_SIZE,
               hiding_fraction=0.0)
 PLAIN_RUN = dict(F0_RUN, name="plain", trainer="plain")
+AUG_RUN = dict(HIDE_RUN, name="aug", augment=True, save_steps=1)  # every step: mid-epoch and epoch-end ones
 
 
 def _free_port() -> int:
@@ -47,14 +52,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _launch(out: str, runs: list[dict]) -> None:
-    command = [
+def _launch(out: str, runs: list[dict], num_processes: int = NUM_PROCESSES) -> None:
+    launcher = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", str(NUM_PROCESSES), "--num_machines", "1",
+        "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(_free_port()),
-        WORKER, "--out", out, "--runs", json.dumps(runs),
-    ]
+    ] if num_processes > 1 else [sys.executable]
+    command = launcher + [WORKER, "--out", out, "--runs", json.dumps(runs)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="",
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -62,9 +67,9 @@ def _launch(out: str, runs: list[dict]) -> None:
         pytest.fail(f"accelerate launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
 
 
-def _records(out: str, name: str) -> list[dict]:
+def _records(out: str, name: str, num_processes: int = NUM_PROCESSES) -> list[dict]:
     records = []
-    for rank in range(NUM_PROCESSES):
+    for rank in range(num_processes):
         with open(os.path.join(out, name, f"rank{rank}.json")) as handle:
             records.append(json.load(handle))
     return records
@@ -109,22 +114,28 @@ def _without_timing(plans: list[dict]) -> list[dict]:
 @pytest.fixture(scope="module")
 def first(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("mp_first"))
-    _launch(out, [HIDE_RUN, F0_RUN, PLAIN_RUN])
+    _launch(out, [HIDE_RUN, F0_RUN, PLAIN_RUN, AUG_RUN])
     return out
 
 
-@pytest.fixture(scope="module")
-def resume(first, tmp_path_factory):
-    """A fresh launch resuming `hide` from a mid-epoch checkpoint of a hiding epoch (not the last)."""
-    plans = _records(first, "hide")[0]["plans"]
+def _mid_epoch_checkpoint(out: str, name: str, num_processes: int = NUM_PROCESSES) -> tuple[str, int, dict]:
+    """The last mid-epoch checkpoint of `name` inside a hiding epoch that is not the last one."""
+    record = _records(out, name, num_processes)[0]
+    plans = record["plans"]
     candidates = []
-    for step in _records(first, "hide")[0]["checkpoints"]:
+    for step in record["checkpoints"]:
         plan = next((p for p in plans if p["start_step"] < step < p["start_step"] + p["update_steps"]), None)
         if plan is not None and plan["num_hidden"] > 0 and plan["epoch"] < EPOCHS - 1:
             candidates.append((step, plan))
     assert candidates, f"no mid-epoch checkpoint in a hiding epoch; plans {plans}; change SAVE_STEPS"
     step, plan = candidates[-1]
-    checkpoint = os.path.join(first, "hide", "output", f"checkpoint-{step}")
+    return os.path.join(out, name, "output", f"checkpoint-{step}"), step, plan
+
+
+@pytest.fixture(scope="module")
+def resume(first, tmp_path_factory):
+    """A fresh launch resuming `hide` from a mid-epoch checkpoint of a hiding epoch (not the last)."""
+    checkpoint, step, plan = _mid_epoch_checkpoint(first, "hide")
     assert os.path.isfile(os.path.join(checkpoint, "kakurenbo_state.safetensors"))
     out = str(tmp_path_factory.mktemp("mp_resume"))
     _launch(out, [dict(HIDE_RUN, name="resume", save_steps=0, resume=checkpoint)])
@@ -257,3 +268,99 @@ def test_resume_in_two_processes_is_exact(first, resume):
     _assert_same_weights(resumed_weights[0], resumed_weights[1], "resume: rank 0 vs rank 1")
     for rank in range(NUM_PROCESSES):
         _assert_same_weights(resumed_weights[rank], full_weights[rank], f"rank {rank}: resumed vs uninterrupted")
+
+
+def test_refresh_runs_equal_forward_counts_on_every_rank(first):
+    """Under FSDP / ZeRO-3 every forward is a collective: ranks must run as many, of the same size."""
+    for name in ("hide", "aug"):
+        records = _records(first, name)
+        for passes in zip(*(r["refresh"] for r in records)):
+            forwards = [p["forwards"] for p in passes]
+            assert all(f == forwards[0] for f in forwards), f"{name}: refresh forwards differ across ranks: {forwards}"
+            assert len(forwards[0]) >= 1
+
+
+# --- random augmentation: resume stays exact ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def aug_resume(first, tmp_path_factory):
+    records = _records(first, "aug")
+    mid, mid_step, _ = _mid_epoch_checkpoint(first, "aug")
+    # The last step of an epoch before a later hiding epoch: the resume starts with that epoch's refresh.
+    plans = records[0]["plans"]
+    end_step = next(p["start_step"] + p["update_steps"] for p in plans[1:-1]
+                    if (p["start_step"] + p["update_steps"]) in records[0]["checkpoints"])
+    end = os.path.join(first, "aug", "output", f"checkpoint-{end_step}")
+    out = str(tmp_path_factory.mktemp("mp_aug_resume"))
+    _launch(out, [dict(AUG_RUN, name="mid", save_steps=0, resume=mid),
+                  dict(AUG_RUN, name="end", save_steps=0, resume=end)])
+    return out, {"mid": mid_step, "end": end_step}
+
+
+@pytest.mark.parametrize("where", ["mid", "end"])
+def test_resume_with_random_augmentation_is_exact_in_two_processes(first, aug_resume, where):
+    out, steps = aug_resume
+    step = steps[where]
+    full, resumed = _records(first, "aug"), _records(out, where)
+    for rank in range(NUM_PROCESSES):
+        assert resumed[rank]["steps"] == [s for s in full[rank]["steps"] if s[0] >= step], f"rank {rank}: losses differ"
+        assert _without_timing(resumed[rank]["plans"]) == _without_timing(full[rank]["plans"])
+    for rank, (got, want) in enumerate(zip(_weights(out, where), _weights(first, "aug"))):
+        _assert_same_weights(got, want, f"aug {where}: rank {rank} resumed vs uninterrupted")
+
+
+# --- resume on another number of processes --------------------------------------------------
+
+
+def _check_resumed_in_new_world(original: list[dict], resumed: list[dict], step: int, plan: dict,
+                                old_processes: int) -> None:
+    epoch = plan["epoch"]
+    order = original[0]["epochs"][str(epoch)]["order"]
+    hidden = set(original[0]["epochs"][str(epoch)]["hidden"])
+    done = (step - plan["start_step"]) * BATCH_SIZE * old_processes
+    before, remaining = set(order[:done]), set(order[done:])
+    after = [i for record in resumed for i in record["epochs"][str(epoch)]["trained"]]
+    assert set(after) == remaining, "the resumed epoch did not train exactly the samples not yet trained"
+    assert not set(after) & before, "samples of the resumed epoch were trained twice"
+    assert not set(after) & hidden, "a hidden sample was trained"
+    new_processes = len(resumed)
+    padding = len(after) - len(remaining)
+    assert 0 <= padding < new_processes * BATCH_SIZE, f"{padding} repeats: more than even_batches padding"
+    for record in resumed:
+        assert record["state_epoch"] == pytest.approx(EPOCHS)
+        assert abs(record["final_lr"]) < 1e-9, f"the linear schedule did not end at 0: {record['final_lr']}"
+        assert record["plans"][-1]["epoch"] == EPOCHS - 1
+        for e in range(epoch + 1, EPOCHS):  # later epochs: every visible sample once, no hidden one
+            seen = [i for r in resumed for i in r["epochs"][str(e)]["trained"]]
+            later_hidden = set(record["epochs"][str(e)]["hidden"])
+            assert set(seen) == set(range(NUM_SAMPLES)) - later_hidden
+    for e in range(epoch + 1, EPOCHS):
+        assert len({tuple(r["epochs"][str(e)]["hidden"]) for r in resumed}) == 1, "ranks disagree on a hidden set"
+
+
+@pytest.fixture(scope="module")
+def two_to_one(first, tmp_path_factory):
+    checkpoint, step, plan = _mid_epoch_checkpoint(first, "hide")
+    out = str(tmp_path_factory.mktemp("mp_two_to_one"))
+    _launch(out, [dict(HIDE_RUN, name="two_to_one", save_steps=0, resume=checkpoint)], num_processes=1)
+    return out, step, plan
+
+
+def test_resume_from_two_processes_in_one(first, two_to_one):
+    out, step, plan = two_to_one
+    _check_resumed_in_new_world(_records(first, "hide"), _records(out, "two_to_one", 1), step, plan, 2)
+
+
+@pytest.fixture(scope="module")
+def one_to_two(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("mp_solo"))
+    _launch(out, [dict(HIDE_RUN, name="solo", save_steps=9)], num_processes=1)
+    checkpoint, step, plan = _mid_epoch_checkpoint(out, "solo", 1)
+    _launch(out, [dict(HIDE_RUN, name="one_to_two", save_steps=0, resume=checkpoint)])
+    return out, step, plan
+
+
+def test_resume_from_one_process_in_two(one_to_two):
+    out, step, plan = one_to_two
+    _check_resumed_in_new_world(_records(out, "solo", 1), _records(out, "one_to_two"), step, plan, 1)

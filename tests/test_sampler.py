@@ -164,3 +164,17 @@ def test_accelerate_sharding_splits_the_visible_set(n, batch_size, fraction, dro
     padding = len(flat0) + len(flat1) - len(covered)
     assert padding >= 0
     assert padding < 2 * batch_size
+
+
+def test_hidden_bits_give_the_same_epoch_as_the_mask():
+    rng = np.random.default_rng(3)
+    mask = rng.random(1001) < 0.4
+    a, b = HidingSampler(1001, seed=5), HidingSampler(1001, seed=5)
+    a.set_hidden(mask)
+    b.set_hidden_bits(np.packbits(mask))
+    for sampler in (a, b):
+        sampler.set_epoch(2)
+    assert list(a) == list(b) and len(a) == len(b) == 1001 - mask.sum()
+    assert np.array_equal(b.hidden, mask)
+    with pytest.raises(ValueError, match="bytes"):
+        b.set_hidden_bits(np.zeros(3, dtype=np.uint8))

@@ -236,3 +236,47 @@ def test_wrap_scheduler_accepts_lambdalr_only():
         VirtualStepLR(StepLR(make_optimizer(), step_size=3), 10)
     with pytest.raises(ValueError, match="full_steps_per_epoch"):
         VirtualStepLR(LambdaLR(make_optimizer(), lambda s: 1.0), 0)
+
+
+def test_lr_factor_is_bounded():
+    from kakurenbo_hf.schedule import MAX_LR_FACTOR
+
+    assert lr_factor("target", 0.9, 0.0) == pytest.approx(MAX_LR_FACTOR)
+    assert lr_factor("realized", 0.3, 0.95) == MAX_LR_FACTOR  # a custom strategy hiding more: still bounded
+    with pytest.raises(ValueError, match="hiding fraction"):
+        lr_factor("target", 1.0, 0.0)
+
+
+def test_should_epoch_stop_continues_the_schedule_where_it_is():
+    """An epoch that ended early: the next one starts at the schedule point reached, not a jump."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    schedule = LambdaLR(optimizer, lambda step: 1.0 - step / 40)
+    virtual = VirtualStepLR(schedule, full_steps_per_epoch=10)
+    virtual.begin_epoch(0, 0, 10, 1.0)
+    for _ in range(3):  # epoch 0 stopped after 3 of its 10 steps
+        optimizer.step()
+        virtual.step()
+    virtual.begin_epoch(1, 3, 10, 1.0)
+    assert virtual.virtual_step() == 3.0
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0 - 3 / 40)
+
+
+def test_resume_in_another_geometry_rescales_the_schedule_position():
+    """A checkpoint of a run with 10 steps per epoch resumed where an epoch has 5: same point of the schedule."""
+    model = torch.nn.Linear(2, 2)
+    saved = VirtualStepLR(LambdaLR(torch.optim.SGD(model.parameters(), lr=1.0), lambda s: 1.0 - s / 30), 10)
+    saved.begin_epoch(1, 10, 10, 1.0)
+    for _ in range(14):
+        saved.optimizer.step()
+        saved.step()  # step 14: 4 steps into epoch 1 (virtual 14 of 30)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    resumed = VirtualStepLR(LambdaLR(optimizer, lambda s: 1.0 - s / 15), 5)
+    resumed.load_state_dict(saved.state_dict())
+    assert resumed.virtual_step() == pytest.approx(7.0)  # 14/30 of the schedule = 7/15
+    resumed.continue_epoch(14, 3)  # 3 steps left in the new geometry
+    for _ in range(3):
+        optimizer.step()
+        resumed.step()
+    assert resumed.virtual_step() == pytest.approx(10.0)  # the end of epoch 1 = 2 * 5
+    assert resumed.get_last_lr()[0] == pytest.approx(1.0 - 10 / 15)

@@ -310,8 +310,10 @@ def test_register_strategy_in_test(clean_registry):
     assert "test_only" in available_strategies()
     assert isinstance(build_strategy("test_only", seed=1), HideEven)
     # the name is accepted by the config and used by the engine
-    args = KakurenboArguments(hiding_strategy="test_only")
+    args = KakurenboArguments(hiding_strategy="test_only", hiding_fraction=0.5, hiding_decay_milestones=[],
+                              hiding_decay_factors=[])
     engine = HidingEngine(6, num_epochs=3, arguments=args)
+    engine.stats.update(np.arange(6), np.ones(6), np.ones(6), np.ones(6, dtype=bool))
     plan = engine.plan_epoch(1)
     assert np.flatnonzero(engine.hidden).tolist() == [0, 2, 4]
     assert plan.num_hidden == 3
@@ -424,16 +426,27 @@ def test_engine_hiding_fraction_zero_disables():
 
 
 def test_engine_samples_to_refresh():
-    engine = _learned_engine()
-    assert engine.samples_to_refresh().tolist() == []
+    engine = _learned_engine(refresh_fraction=1.0)
+    assert engine.samples_to_refresh(1).tolist() == []
     engine.plan_epoch(1)
-    refresh = engine.samples_to_refresh()
+    refresh = engine.samples_to_refresh(2)
     assert refresh.tolist() == list(range(10, 30))
     assert refresh.dtype.kind == "i"
-    off = _learned_engine(refresh_hidden=False)
+    off = _learned_engine(refresh_hidden=False, refresh_fraction=1.0)
     off.plan_epoch(1)
     assert off.hidden.sum() == 20
-    assert off.samples_to_refresh().tolist() == []
+    assert off.samples_to_refresh(2).tolist() == []
+
+
+def test_partial_refresh_rotates_through_the_hidden_set():
+    """refresh_fraction=1/4: a quarter of the hidden samples per epoch, each within any 4 epochs."""
+    engine = _learned_engine(refresh_fraction=0.25)
+    engine.plan_epoch(1)
+    hidden = np.flatnonzero(engine.hidden)
+    slices = [engine.samples_to_refresh(epoch) for epoch in range(2, 6)]
+    assert all(abs(len(part) - len(hidden) / 4) <= 1 for part in slices)
+    assert sorted(np.concatenate(slices).tolist()) == hidden.tolist()  # disjoint, covering the hidden set
+    assert engine.samples_to_refresh(6).tolist() == slices[0].tolist()
 
 
 def test_engine_never_hides_unseen_samples():
@@ -461,7 +474,7 @@ def test_engine_state_dict_round_trip(tmp_path):
     for name in ("loss", "confidence", "correct"):
         np.testing.assert_array_equal(getattr(restored.stats, name), getattr(engine.stats, name))
     assert restored.plans == engine.plans
-    np.testing.assert_array_equal(restored.samples_to_refresh(), engine.samples_to_refresh())
+    np.testing.assert_array_equal(restored.samples_to_refresh(3), engine.samples_to_refresh(3))
     # both continue identically
     a, b = engine.plan_epoch(2), restored.plan_epoch(2)
     assert a == b
@@ -504,3 +517,51 @@ def test_engine_resume_uses_saved_seed():
     saved.plan_epoch(2)
     resumed.plan_epoch(2)
     np.testing.assert_array_equal(resumed.hidden, saved.hidden)
+
+
+def test_only_the_table_holder_decides_and_others_adopt():
+    """Decided once: a rank without the table takes the holder's plan and bitmask."""
+    holder = _learned_engine()
+    plan = holder.plan_epoch(1)
+    other = HidingEngine(100, num_epochs=10, arguments=KakurenboArguments(), seed=0, holds_table=False)
+    assert other.stats is None
+    with pytest.raises(RuntimeError, match="adopt"):
+        other.plan_epoch(1)
+    other.adopt(plan, holder.hidden_bits)
+    assert np.array_equal(other.hidden, holder.hidden) and other.current_plan == plan
+    assert holder.hidden_bits.nbytes == 13  # N/8 bytes travel, not N
+    assert other.state_dict()["plans"] == holder.state_dict()["plans"]
+    with pytest.raises(ValueError, match="bytes"):
+        other.adopt(plan, np.zeros(3, dtype=np.uint8))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lowest_loss_mask_matches_a_stable_argsort_on_hard_values(seed, monkeypatch):
+    """Radix select vs numpy: negatives, zeros of both signs, infinities, NaNs of both signs, many ties."""
+    from kakurenbo_hf.strategies import kakurenbo
+
+    monkeypatch.setattr(kakurenbo, "CHUNK", 64)  # several chunks, ties across chunk borders
+    rng = np.random.default_rng(seed)
+    pool = np.array([-np.inf, -2.5, -0.0, 0.0, 1e-30, 0.5, 0.5, 3.0, np.inf, np.nan, -np.nan], dtype=np.float32)
+    loss = np.where(rng.random(1000) < 0.5, rng.choice(pool, 1000), rng.normal(size=1000)).astype(np.float32)
+    for k in (0, 1, 7, 250, 499, 500, 911, 999, 1000):
+        expected = np.zeros(1000, dtype=bool)
+        expected[np.argsort(loss, kind="stable")[:k]] = True
+        assert np.array_equal(kakurenbo.lowest_loss_mask(loss, k), expected), k
+
+
+def test_engine_refuses_a_strategy_that_empties_an_epoch(clean_registry):
+    """A registered strategy may hide at most floor(F_e * N): never the whole epoch."""
+
+    @register_strategy("hide_everything")
+    class HideAll(HidingStrategy):
+        def select(self, stats, target_fraction, epoch):
+            return HidingDecision(hidden=np.ones(stats.num_samples, dtype=bool), num_candidates=stats.num_samples,
+                                  moved_back=0)
+
+    args = KakurenboArguments(hiding_strategy="hide_everything", hiding_fraction=0.9, hiding_decay_milestones=[],
+                              hiding_decay_factors=[])
+    engine = HidingEngine(10, num_epochs=3, arguments=args)
+    engine.stats.update(np.arange(10), np.ones(10), np.ones(10), np.ones(10, dtype=bool))
+    with pytest.raises(ValueError, match="more than floor"):
+        engine.plan_epoch(1)

@@ -201,49 +201,91 @@ def test_recorder_does_not_keep_graph():
     assert stats.correct.tolist() == [True, False, False]
 
 
-def _packed_rows(indices, loss, confidence, correct, step=0):
-    """What another rank would hand to the gather: its own recorder's packed tensor."""
-    captured = []
-    other = StatsRecorder(SampleStats(100))
-    other.add(torch.tensor(indices), torch.tensor(loss), torch.tensor(confidence), torch.tensor(correct), step=step)
-    other.flush(gather=lambda packed: captured.append(packed) or packed)
-    return captured[0]
+class CapturingTransport:
+    """Rank 1 of 2: hands its round buffers to the main process (captured here)."""
+
+    num_processes, is_main = 2, False
+
+    def __init__(self, rows_elsewhere=0):
+        self.buffers, self.rows_elsewhere = [], rows_elsewhere
+
+    def max_over_ranks(self, value):
+        return max(value, self.rows_elsewhere)
+
+    def gather_to_main(self, buffer):
+        self.buffers.append(buffer.clone())
+        return None
 
 
-def test_recorder_flush_with_gather_ignores_padding():
+class MainTransport:
+    """Rank 0 of 2: receives rank 1's captured buffers, round by round."""
+
+    num_processes, is_main = 2, True
+
+    def __init__(self, other_buffers, rows_elsewhere=0):
+        self.other, self.calls, self.rows_elsewhere = list(other_buffers), [], rows_elsewhere
+
+    def max_over_ranks(self, value):
+        return max(value, self.rows_elsewhere)
+
+    def gather_to_main(self, buffer):
+        self.calls.append(tuple(buffer.shape))
+        other = self.other.pop(0) if self.other else torch.full_like(buffer, 255)
+        return [buffer, other]
+
+
+def _other_rank(records, num_samples=10, round_bytes=1 << 20, rows_elsewhere=0):
+    transport = CapturingTransport(rows_elsewhere)
+    other = StatsRecorder(None, num_samples=num_samples, round_bytes=round_bytes)
+    for indices, loss, confidence, correct, step in records:
+        other.add(torch.tensor(indices), torch.tensor(loss), torch.tensor(confidence), torch.tensor(correct), step=step)
+    assert other.flush(transport) == 0  # it does not hold the table
+    return transport.buffers
+
+
+def test_records_are_compact():
+    assert StatsRecorder(SampleStats(10)).dtype.itemsize == 15
+    assert StatsRecorder(None, num_samples=2**31).dtype.itemsize == 19
+
+
+def test_recorder_flush_sends_to_the_main_process_only():
     stats = SampleStats(10)
-    recorder = StatsRecorder(stats)
+    recorder = StatsRecorder(stats, round_bytes=1 << 20)
     recorder.add(torch.tensor([0, 1]), torch.tensor([0.1, 0.2]), torch.tensor([0.5, 0.75]), torch.tensor([True, False]))
-    rank1 = _packed_rows([8, 9], [0.8, 0.9], [0.25, 0.125], [True, False])
-    calls = []
-
-    def fake_gather(packed):
-        # accelerate.pad_across_processes(pad_index=-1) + gather: rank 1's rows, then 2 pad rows of -1
-        calls.append(packed.shape)
-        padding = torch.full((2, packed.shape[1]), -1.0, dtype=packed.dtype)
-        return torch.cat([packed, rank1.to(packed.dtype), padding])
-
-    assert recorder.flush(gather=fake_gather) == 4
-    assert len(calls) == 1 and calls[0][0] == 2  # one collective with everything packed
+    buffers = _other_rank([([8, 9], [0.8, 0.9], [0.25, 0.125], [True, False], 0)])
+    transport = MainTransport(buffers, rows_elsewhere=2)
+    assert recorder.flush(transport) == 4
+    assert transport.calls == [(2 * 15,)]  # one round, as long as the longest rank's records
     assert stats.loss.tolist() == pytest.approx([0.1, 0.2] + [np.inf] * 6 + [0.8, 0.9])
     assert stats.confidence[[0, 1, 8, 9]].tolist() == [0.5, 0.75, 0.25, 0.125]
     assert stats.correct.tolist() == [True, False] + [False] * 6 + [True, False]
     assert stats.num_seen == 4
 
 
-def test_recorder_flush_with_gather_when_empty():
+def test_recorder_flush_in_bounded_rounds():
+    """Rounds of at most round_bytes arrive at the main process, however many records there are."""
+    stats = SampleStats(1000)
+    round_bytes = 15 * 2 * 50  # 50 records per rank per round
+    recorder = StatsRecorder(stats, round_bytes=round_bytes)
+    mine = np.arange(0, 1000, 2)
+    recorder.add(torch.tensor(mine), torch.tensor(mine / 1000.0), torch.full((500,), 0.5), torch.ones(500, dtype=torch.bool))
+    theirs = np.arange(1, 1000, 2)[:130]  # fewer records: the other rank pads its last rounds
+    buffers = _other_rank([(theirs.tolist(), (theirs / 1000.0).tolist(), [0.25] * 130, [False] * 130, 0)],
+                          num_samples=1000, round_bytes=round_bytes, rows_elsewhere=500)
+    transport = MainTransport(buffers, rows_elsewhere=130)
+    assert recorder.flush(transport) == 630
+    assert len(transport.calls) == 10 and all(shape == (50 * 15,) for shape in transport.calls)
+    assert stats.loss[mine].tolist() == pytest.approx((mine / 1000.0).tolist())
+    assert stats.loss[theirs].tolist() == pytest.approx((theirs / 1000.0).tolist())
+    assert stats.num_seen == 630
+
+
+def test_recorder_flush_with_transport_when_empty():
     """A rank with nothing recorded still joins the collective (it would hang otherwise)."""
     stats = SampleStats(4)
     recorder = StatsRecorder(stats)
-    rank1 = _packed_rows([3], [0.5], [0.5], [True])
-    seen = []
-
-    def fake_gather(packed):
-        seen.append(tuple(packed.shape))
-        return torch.cat([packed, rank1.to(packed.dtype)])
-
-    assert recorder.flush(gather=fake_gather) == 1
-    assert seen == [(0, rank1.shape[1])]
+    transport = MainTransport(_other_rank([([3], [0.5], [0.5], [True], 0)], num_samples=4), rows_elsewhere=1)
+    assert recorder.flush(transport) == 1
     assert stats.loss[3] == 0.5 and stats.correct[3]
 
 
@@ -254,7 +296,7 @@ def test_recorder_repeated_sample_keeps_newest_record():
     recorder.add(torch.tensor([2, 4]), torch.tensor([1.0, 4.0]), torch.tensor([0.5, 0.5]), torch.tensor([False, True]), step=7)
     recorder.add(torch.tensor([2]), torch.tensor([3.0]), torch.tensor([0.25]), torch.tensor([True]), step=6)
     recorder.add(torch.tensor([4]), torch.tensor([2.0]), torch.tensor([0.75]), torch.tensor([False]), step=9)
-    assert recorder.flush() == 2  # two distinct samples written
+    assert recorder.flush() == 4  # every record written, the newest of each sample last
     assert stats.loss[2] == 1.0 and not stats.correct[2]  # step 7 beats step 6 though added first
     assert stats.loss[4] == 2.0 and stats.confidence[4] == 0.75 and not stats.correct[4]
 

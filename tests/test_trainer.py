@@ -109,7 +109,8 @@ def hiding_run(tmp_path_factory, train_set, eval_set):
     probe = EpochProbe()
     trainer = SelectionSpy(
         model=make_vit(seed=3), args=kakurenbo_args(tmp_path, gradient_accumulation_steps=3, hiding_fraction=0.4,
-                                                    hiding_decay_milestones=[0.5], hiding_decay_factors=[0.5]),
+                                                    hiding_decay_milestones=[0.5], hiding_decay_factors=[0.5],
+                                                    lr_compensation="target"),
         train_dataset=train_set, eval_dataset=eval_set, data_collator=collate, callbacks=[probe])
     trainer.train()
     return trainer, probe
@@ -188,37 +189,41 @@ def test_logs_each_epoch(hiding_run):
     assert [e["kakurenbo/target_fraction"] for e in entries] == pytest.approx([0.0, 0.4, 0.2, 0.2])
 
 
-def test_lr_compensation_multiplies_the_schedule(tmp_path, train_set):
-    """Within an epoch, lr = base * lambda(virtual step) * 1/(1-F_e)."""
+@pytest.mark.parametrize("mode", ["target", "realized"])
+def test_lr_compensation_multiplies_the_schedule(tmp_path, train_set, mode):
+    """Within an epoch, lr = base * lambda(virtual step) * 1/(1-F_e) ('target') or 1/(1-hidden/N) ('realized')."""
     seen = []
 
     class LrProbe(TrainerCallback):
         def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
             seen.append((state.global_step, optimizer.param_groups[0]["lr"]))
 
-    trainer = KakurenboTrainer(model=make_vit(seed=3), args=kakurenbo_args(tmp_path, lr_scheduler_type="constant"),
+    trainer = KakurenboTrainer(model=make_vit(seed=3), args=kakurenbo_args(tmp_path, lr_scheduler_type="constant",
+                                                                           lr_compensation=mode),
                                train_dataset=train_set, data_collator=collate, callbacks=[LrProbe()])
     trainer.train()
+    assert any(plan.num_hidden for plan in trainer.hiding_engine.plans)
     for plan in trainer.hiding_engine.plans:
         lrs = [lr for step, lr in seen if plan.start_step <= step < plan.start_step + plan.update_steps]
         assert len(lrs) == plan.update_steps
-        assert lrs == pytest.approx([3e-3 / (1 - plan.target_fraction)] * len(lrs))
+        hidden = plan.target_fraction if mode == "target" else plan.num_hidden / plan.num_samples
+        assert lrs == pytest.approx([3e-3 / (1 - hidden)] * len(lrs))
 
 
 def test_refresh_runs_forward_only_in_eval_mode(tmp_path, train_set):
     model = make_vit(seed=3)
     calls = []
     model.register_forward_hook(
-        lambda module, args, output: calls.append((module.training, torch.is_inference_mode_enabled(),
+        lambda module, args, output: calls.append((module.training, not torch.is_grad_enabled(),
                                                    output.logits.shape[0])))
-    trainer = KakurenboTrainer(model=model, args=kakurenbo_args(tmp_path, per_device_eval_batch_size=64,
+    trainer = KakurenboTrainer(model=model, args=kakurenbo_args(tmp_path, refresh_batch_size=64, refresh_fraction=1.0,
                                                                 confidence_threshold=0.0),
                                train_dataset=train_set, data_collator=collate)
     trainer.train()
-    refresh_calls = [c for c in calls if not c[0]]
-    assert refresh_calls and all(inference for _, inference, _ in refresh_calls)
+    refresh_calls = [c for c in calls if not c[0]]  # no_grad, not inference_mode: FSDP needs the former
+    assert refresh_calls and all(no_grad for _, no_grad, _ in refresh_calls)
     assert max(size for _, _, size in refresh_calls) <= 64
-    assert max(size for _, _, size in refresh_calls) > 16  # eval batch size, not the training one
+    assert max(size for _, _, size in refresh_calls) > 16  # refresh_batch_size, not the training one
     hidden_before_last = sum(p.num_hidden for p in trainer.hiding_engine.plans[:-1])
     assert sum(size for _, _, size in refresh_calls) == hidden_before_last
     assert all(training for training, inference, _ in calls if not inference)

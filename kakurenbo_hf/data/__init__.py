@@ -1,7 +1,13 @@
-"""Data sets that need no download (formula-driven)."""
+"""Data sets that need no download (formula-driven).
+
+``python -m kakurenbo_hf.data.grid`` renders the fractal data set as a classes x instances
+picture (and ``--stats`` prints its filling-rate distribution); see ``docs/fractal_data.md``.
+"""
 
 from .fractal import (
     FRACTAL_DATA_VERSION,
+    FRACTALDB_FILL_THRESHOLD,
+    FRACTALDB_POINTS_PER_PIXEL,
     DivergentIFSError,
     filling_rate,
     ifs_probabilities,
@@ -10,10 +16,14 @@ from .fractal import (
     render_ifs,
     sample_fractal_classes,
     sample_ifs,
+    search_filling_rate,
+    sigma_factor_range,
 )
 
 __all__ = [
     "FRACTAL_DATA_VERSION",
+    "FRACTALDB_FILL_THRESHOLD",
+    "FRACTALDB_POINTS_PER_PIXEL",
     "DivergentIFSError",
     "filling_rate",
     "ifs_probabilities",
@@ -22,4 +32,6 @@ __all__ = [
     "render_ifs",
     "sample_fractal_classes",
     "sample_ifs",
+    "search_filling_rate",
+    "sigma_factor_range",
 ]

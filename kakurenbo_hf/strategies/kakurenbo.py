@@ -13,8 +13,9 @@ Rule, at the start of epoch e (after warm-up):
 Knobs: F_e (`hiding_fraction` times the decay schedule, default 0.3), tau
 (`confidence_threshold`, default 0.7).
 
-Cost: O(N) per epoch, no sort: a selection (`np.partition`) finds the K-th smallest loss, ties
-at that value are resolved by index. About 0.1 s for N = 1e7 on one CPU core.
+Cost: O(N) per epoch, no sort and no copy of the table: a radix select (two counting passes over
+16-bit digits of the losses) finds the K-th smallest loss, a third pass writes the mask, ties at
+that value resolved by index. Extra memory: the N-byte mask and a few MiB of chunk temporaries.
 """
 
 from __future__ import annotations
@@ -25,11 +26,45 @@ from ..stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
 
 
+CHUNK = 1 << 22  # samples per pass chunk: temporaries stay a few MiB whatever N is
+
+
+def _sortable_keys(loss: np.ndarray) -> np.ndarray:
+    """uint32 keys that sort as the float32 values do; every NaN sorts last (as in numpy)."""
+    values = np.asarray(loss, dtype=np.float32) + np.float32(0.0)  # -0.0 becomes 0.0: they tie, as in numpy
+    bits = values.view(np.uint32)
+    keys = np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+    keys[np.isnan(loss)] = np.uint32(0xFFFFFFFF)
+    return keys
+
+
+def _kth_key(loss: np.ndarray, k: int) -> tuple[int, int]:
+    """(key of the k-th smallest value, how many values are strictly smaller): radix select.
+
+    Two counting passes over 16-bit digits, chunk by chunk: no copy or sort of the N values.
+    """
+    n = loss.shape[0]
+    high = np.zeros(1 << 16, dtype=np.int64)
+    for start in range(0, n, CHUNK):
+        high += np.bincount(_sortable_keys(loss[start : start + CHUNK]) >> 16, minlength=1 << 16)
+    cumulative = np.cumsum(high)
+    bucket = int(np.searchsorted(cumulative, k))  # first bucket whose cumulative count reaches k
+    below = int(cumulative[bucket - 1]) if bucket else 0
+    low = np.zeros(1 << 16, dtype=np.int64)
+    for start in range(0, n, CHUNK):
+        keys = _sortable_keys(loss[start : start + CHUNK])
+        low += np.bincount(keys[(keys >> 16) == bucket] & 0xFFFF, minlength=1 << 16)
+    cumulative = np.cumsum(low)
+    digit = int(np.searchsorted(cumulative, k - below))
+    return (bucket << 16) | digit, below + (int(cumulative[digit - 1]) if digit else 0)
+
+
 def lowest_loss_mask(loss: np.ndarray, k: int) -> np.ndarray:
     """Boolean mask of the k smallest entries of `loss`, ties broken by lower index.
 
-    Identical to `np.argsort(loss, kind="stable")[:k]` as a set, in linear time. NaN sorts last,
-    as in numpy.
+    Identical to `np.argsort(loss, kind="stable")[:k]` as a set, in linear time and without a
+    copy of `loss` (a radix select, then one pass that writes the mask). NaN sorts last, as in
+    numpy.
     """
     n = loss.shape[0]
     mask = np.zeros(n, dtype=bool)
@@ -38,17 +73,15 @@ def lowest_loss_mask(loss: np.ndarray, k: int) -> np.ndarray:
     if k >= n:
         mask[:] = True
         return mask
-    kth_value = np.partition(loss, k - 1)[k - 1]
-    if np.isnan(kth_value):  # fewer than k numbers: take them all, then NaNs by index
-        numbers = ~np.isnan(loss)
-        nans = np.flatnonzero(~numbers)[: k - int(np.count_nonzero(numbers))]
-        numbers[nans] = True
-        return numbers
-    np.less(loss, kth_value, out=mask)
-    still_needed = k - int(np.count_nonzero(mask))
-    if still_needed > 0:
-        ties = np.flatnonzero(loss == kth_value)[:still_needed]
-        mask[ties] = True
+    kth, smaller = _kth_key(loss, k)
+    ties_wanted = k - smaller
+    for start in range(0, n, CHUNK):
+        keys = _sortable_keys(loss[start : start + CHUNK])
+        np.less(keys, kth, out=mask[start : start + CHUNK])
+        if ties_wanted > 0:
+            ties = np.flatnonzero(keys == kth)[:ties_wanted]
+            mask[start + ties] = True
+            ties_wanted -= ties.size
     return mask
 
 
@@ -58,7 +91,9 @@ class KakurenboStrategy(HidingStrategy):
 
     def select(self, stats: SampleStats, target_fraction: float, epoch: int) -> HidingDecision:
         k = num_candidates(stats.num_samples, target_fraction)
-        candidates = lowest_loss_mask(stats.loss, k)
-        learned = stats.correct & (stats.confidence >= np.float16(self.confidence_threshold))
-        hidden = candidates & learned
+        hidden = lowest_loss_mask(stats.loss, k)
+        tau = np.float16(self.confidence_threshold)
+        for start in range(0, stats.num_samples, CHUNK):  # hidden &= learned, without N-sized temporaries
+            end = start + CHUNK
+            hidden[start:end] &= stats.correct[start:end] & (stats.confidence[start:end] >= tau)
         return HidingDecision(hidden=hidden, num_candidates=k, moved_back=k - int(np.count_nonzero(hidden)))

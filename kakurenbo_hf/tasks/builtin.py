@@ -1,0 +1,268 @@
+"""The built-in per-sample statistics, one class per task.
+
+Each is a callable `fn(outputs, labels) -> (loss, confidence, correct)`, each of shape (batch,):
+what `KakurenboTrainer(per_sample_statistics_fn=...)` takes, so any of them can be passed
+explicitly with other parameters (`CausalLMStatistics(min_accuracy=0.8)`). All run under
+`torch.no_grad()` in float32 chunks (see `kernels.py`), leave the model's loss alone, and give a
+sample whose every label is ignored the "unseen" values (+inf, 0, False): it is never hidden.
+
+Definitions (the README's task table): the engine hides a low-loss candidate only if it is
+`correct` with `confidence >= tau` (default 0.7).
+
+- Single-label classification: cross-entropy; top-class probability; argmax == label.
+- Sequence and dense tasks (causal LM, seq2seq, token classification, masked LM, semantic
+  segmentation): loss = mean cross-entropy over the sample's non-ignored positions (the model's
+  own loss, per sample); confidence = mean probability of the target over those positions;
+  correct = at least `min_accuracy` (0.5) of those positions have the target as argmax. For a
+  sample of one position this is exactly the classification rule (correct and p(label) >= tau).
+  The mean *target* probability, not the mean top probability: the latter measures how peaked
+  the model is, whether right or wrong.
+- Multi-label classification: mean binary cross-entropy over the labels; confidence = the
+  smallest probability the model gives to the true value of any label (the least sure
+  decision); correct = every label on the right side of 0.5. One label: the binary rule.
+- Regression: mean squared error over the outputs; no probability exists, so confidence = 1 and
+  correct = True (or every |error| <= `tolerance` if one is given): the lowest-loss candidates
+  are hidden, with no move-back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..stats import IGNORE_INDEX, per_sample_statistics
+from .kernels import dense_sums, finish, log_prob_sums, no_autocast, position_sums
+
+# The ignore index of Hugging Face semantic-segmentation losses (config.semantic_loss_ignore_index).
+SEGMENTATION_IGNORE_INDEX = 255
+# A token/pixel-level sample is "correct" when at least this fraction of its positions is.
+DEFAULT_MIN_ACCURACY = 0.5
+
+
+def output_field(outputs, name: str):
+    """`outputs[name]` of a ModelOutput / dict, or the attribute; None if absent."""
+    if isinstance(outputs, dict):
+        return outputs.get(name)
+    return getattr(outputs, name, None)
+
+
+def fused_log_probs(outputs):
+    """(log_probs, label_mask, is_top1) of a fused LM head's output (TRL's `FusedCausalLMOutput`), else None.
+
+    Such heads return the log-probability of every next-token label, already shifted and
+    masked, instead of the logits: the statistics read them directly, at no memory cost.
+    """
+    log_probs, mask = output_field(outputs, "log_probs"), output_field(outputs, "label_mask")
+    if isinstance(log_probs, torch.Tensor) and isinstance(mask, torch.Tensor) and output_field(outputs, "logits") is None:
+        return log_probs, mask, output_field(outputs, "is_top1")
+    return None
+
+
+def require_logits(outputs) -> torch.Tensor:
+    logits = output_field(outputs, "logits")
+    if logits is None:
+        keys = sorted(outputs.keys()) if isinstance(outputs, dict) else type(outputs).__name__
+        raise ValueError(
+            "KakurenboTrainer computes per-sample statistics from the model's `logits`, and this model returned none "
+            f"(outputs: {keys}). A fused linear-cross-entropy kernel (e.g. Liger's `fused_linear_cross_entropy`, "
+            "`use_liger_kernel=True`) computes the loss without them. Either let the model return logits (turn the "
+            "fused loss off: `liger_kernel_config={'fused_linear_cross_entropy': False}`), or return per-token "
+            "`log_probs` of the labels with a boolean `label_mask` (as TRL's fused LM head does; read at no memory "
+            "cost), or pass `per_sample_statistics_fn=fn` where fn(outputs, labels) returns per-sample "
+            "(loss, confidence, correct) tensors of shape (batch,)."
+        )
+    return logits
+
+
+def _shape_error(task: str, expected: str, logits: torch.Tensor, labels: torch.Tensor) -> ValueError:
+    return ValueError(
+        f"KakurenboTrainer's {task} statistics need {expected}; got logits {tuple(logits.shape)} and labels "
+        f"{tuple(labels.shape)} ({labels.dtype}). Pass `per_sample_statistics_fn=` one of the classes of "
+        "kakurenbo_hf.tasks (CausalLMStatistics, TokenStatistics, SegmentationStatistics, ClassificationStatistics, "
+        "MultiLabelStatistics, RegressionStatistics) or your own fn(outputs, labels) -> per-sample "
+        "(loss, confidence, correct), each of shape (batch,)."
+    )
+
+
+class TaskStatistics:
+    """Base class: `task` names the row of the task table."""
+
+    task = "custom"
+
+    def __call__(self, outputs, labels: torch.Tensor):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
+
+
+class ClassificationStatistics(TaskStatistics):
+    """Single-label classification: logits (batch, classes), integer labels (batch,)."""
+
+    task = "single_label_classification"
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX):
+        self.ignore_index = ignore_index
+
+    def __call__(self, outputs, labels):
+        logits = require_logits(outputs)
+        if (logits.ndim != 2 or labels.ndim != 1 or labels.shape[0] != logits.shape[0]
+                or labels.is_floating_point() or logits.shape[-1] < 2):
+            raise _shape_error("single-label classification",
+                               "logits (batch, classes >= 2) and integer labels (batch,)", logits, labels)
+        return per_sample_statistics(logits, labels, ignore_index=self.ignore_index)
+
+
+class MultiLabelStatistics(TaskStatistics):
+    """Multi-label classification: logits (batch, labels), 0/1 (or soft) float labels of the same shape.
+
+    Labels < 0 or NaN are ignored (the model's BCE loss does not ignore them; mask them yourself).
+    """
+
+    task = "multi_label_classification"
+
+    def __call__(self, outputs, labels):
+        logits = require_logits(outputs)
+        if logits.ndim != 2 or labels.shape != logits.shape:
+            raise _shape_error("multi-label classification", "logits (batch, labels) and labels of the same shape",
+                               logits, labels)
+        with torch.no_grad(), no_autocast(logits.device):
+            x = logits.detach().float()
+            y = labels.detach().to(device=x.device, dtype=torch.float32)
+            valid = y >= 0  # False for negative labels and NaN
+            y = torch.where(valid, y, torch.zeros_like(y)).clamp(max=1.0)
+            count = valid.sum(1)
+            seen = count > 0
+            element_loss = F.binary_cross_entropy_with_logits(x, y, reduction="none").masked_fill(~valid, 0.0)
+            loss = torch.where(seen, element_loss.sum(1) / count.clamp(min=1), torch.full_like(x[:, 0], float("inf")))
+            p = torch.sigmoid(x)
+            p_true = (y * p + (1 - y) * (1 - p)).masked_fill(~valid, 1.0)
+            confidence = torch.where(seen, p_true.amin(1), torch.zeros_like(loss))
+            right = ((x > 0) == (y > 0.5)) | ~valid
+            correct = right.all(1) & seen
+        return loss, confidence, correct
+
+
+class RegressionStatistics(TaskStatistics):
+    """Regression: predictions (batch,) or (batch, outputs), float labels of as many values per sample.
+
+    `tolerance`: if given, a sample is correct when every |prediction - label| <= tolerance;
+    otherwise every seen sample is correct with confidence 1 (hiding by loss rank alone). NaN
+    labels are ignored.
+    """
+
+    task = "regression"
+
+    def __init__(self, tolerance: float | None = None):
+        self.tolerance = tolerance
+
+    def __call__(self, outputs, labels):
+        logits = require_logits(outputs)
+        batch = logits.shape[0] if logits.ndim else 0
+        if logits.ndim == 0 or labels.ndim == 0 or labels.shape[0] != batch or labels.numel() != logits.numel():
+            raise _shape_error("regression", "predictions and float labels with as many values per sample",
+                               logits, labels)
+        with torch.no_grad(), no_autocast(logits.device):
+            x = logits.detach().float().reshape(batch, -1)
+            y = labels.detach().to(device=x.device, dtype=torch.float32).reshape(batch, -1)
+            valid = ~torch.isnan(y)
+            error = torch.where(valid, x - y, torch.zeros_like(x))
+            count = valid.sum(1)
+            seen = count > 0
+            loss = torch.where(seen, error.square().sum(1) / count.clamp(min=1), torch.full_like(x[:, 0], float("inf")))
+            correct = seen if self.tolerance is None else seen & (error.abs() <= self.tolerance).all(1)
+            confidence = seen.float()
+        return loss, confidence, correct
+
+
+class TokenStatistics(TaskStatistics):
+    """Token-level tasks whose labels line up with the logits: seq2seq LM, token classification, masked LM.
+
+    logits (batch, length, classes), integer labels (batch, length), `ignore_index` (-100) and
+    padding ignored. `min_accuracy`: the fraction of a sample's positions that must be argmax-right
+    for it to count as correct.
+    """
+
+    task = "token_classification"
+    shift = 0
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX, min_accuracy: float = DEFAULT_MIN_ACCURACY,
+                 chunk_bytes: int | None = None, task: str | None = None):
+        if not 0.0 <= min_accuracy <= 1.0:
+            raise ValueError(f"min_accuracy must be in [0, 1], got {min_accuracy}")
+        self.ignore_index = ignore_index
+        self.min_accuracy = min_accuracy
+        self.chunk_bytes = chunk_bytes
+        if task is not None:
+            self.task = task
+
+    def __call__(self, outputs, labels):
+        fused = fused_log_probs(outputs)
+        if fused is not None:
+            return finish(log_prob_sums(*fused), self.min_accuracy)
+        logits = require_logits(outputs)
+        if (logits.ndim != 3 or labels.ndim != 2 or labels.is_floating_point()
+                or labels.shape[0] != logits.shape[0] or labels.shape[1] != logits.shape[1]):
+            raise _shape_error(self.task.replace("_", " "),
+                               "logits (batch, length, classes) and integer labels (batch, length)", logits, labels)
+        if self.shift:
+            scores, targets = logits[:, :-self.shift], labels[:, self.shift:]
+        else:
+            scores, targets = logits, labels
+        return finish(position_sums(scores, targets, self.ignore_index, self.chunk_bytes), self.min_accuracy)
+
+
+class CausalLMStatistics(TokenStatistics):
+    """Causal language models: the logits at position t are scored against the label at t+1.
+
+    Shifted as `*ForCausalLM` models shift (and TRL's fused LM head, whose per-token log-probs are
+    read directly when the model returns them instead of logits).
+    """
+
+    task = "causal_lm"
+    shift = 1
+
+
+class SegmentationStatistics(TaskStatistics):
+    """Semantic segmentation: logits (batch, classes, h, w), integer label maps (batch, H, W).
+
+    Per pixel, after upsampling the logits to the label size as the model's loss does (bilinear,
+    `align_corners=False`); `ignore_index` is the model's `config.semantic_loss_ignore_index`
+    (255 by default). One class (binary segmentation, sigmoid): scored as two classes (0, logit).
+    """
+
+    task = "semantic_segmentation"
+
+    def __init__(self, ignore_index: int = SEGMENTATION_IGNORE_INDEX, min_accuracy: float = DEFAULT_MIN_ACCURACY):
+        if not 0.0 <= min_accuracy <= 1.0:
+            raise ValueError(f"min_accuracy must be in [0, 1], got {min_accuracy}")
+        self.ignore_index = ignore_index
+        self.min_accuracy = min_accuracy
+
+    def __call__(self, outputs, labels):
+        logits = require_logits(outputs)
+        if (logits.ndim != 4 or labels.ndim != 3 or labels.is_floating_point()
+                or labels.shape[0] != logits.shape[0]):
+            raise _shape_error("semantic segmentation",
+                               "logits (batch, classes, h, w) and integer label maps (batch, H, W)", logits, labels)
+        return finish(dense_sums(logits, labels, self.ignore_index), self.min_accuracy)
+
+
+TASKS = {
+    "single_label_classification": ClassificationStatistics,
+    "multi_label_classification": MultiLabelStatistics,
+    "regression": RegressionStatistics,
+    "causal_lm": CausalLMStatistics,
+    "seq2seq_lm": lambda **kw: TokenStatistics(task="seq2seq_lm", **kw),
+    "token_classification": TokenStatistics,
+    "masked_lm": lambda **kw: TokenStatistics(task="masked_lm", **kw),
+    "semantic_segmentation": SegmentationStatistics,
+}
+
+
+def statistics_for_task(task: str, **params) -> TaskStatistics:
+    """The built-in statistics of `task` (a key of `TASKS`), with its parameters overridden."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; built-in tasks: {sorted(TASKS)}")
+    return TASKS[task](**params)

@@ -1,0 +1,383 @@
+"""Issue "drop-in means nothing else changes": every case that used to go wrong silently.
+
+Each test either shows the plain `Trainer`'s behaviour is kept, or that the run stops before
+the first step with an error naming the cause and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from helpers import collate, make_image_dataset, make_vit
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+
+from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
+from kakurenbo_hf.checkpoint import HIDING_STATE_NAME, load_hiding_state, save_hiding_state
+from kakurenbo_hf.indexing import SAMPLE_INDEX_KEY
+
+COMMON = dict(per_device_train_batch_size=16, learning_rate=3e-3, use_cpu=True, report_to=[], logging_steps=1,
+              save_strategy="no", seed=7, disable_tqdm=True, dataloader_pin_memory=False)
+
+
+def args_for(cls, out, **overrides):
+    values = dict(COMMON, num_train_epochs=3)
+    values.update(overrides)
+    return cls(output_dir=str(out), **values)
+
+
+def logged(trainer, key):
+    return [(e["step"], e[key]) for e in trainer.state.log_history if key in e]
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def train_set():
+    return make_image_dataset(96, noise=1.5)
+
+
+# --- 2. train_sampling_strategy ----------------------------------------------------------------
+
+
+def make_text_dataset(num_samples=96, seed=0):
+    """Token sequences of very different lengths; the label is whether token 5 appears."""
+    rng = np.random.default_rng(seed)
+    rows = {"input_ids": [], "label": []}
+    for _ in range(num_samples):
+        length = int(rng.choice([4, 8, 16, 40]))
+        ids = rng.integers(6, 50, size=length)
+        label = int(rng.random() < 0.5)
+        if label:
+            ids[rng.integers(length)] = 5
+        rows["input_ids"].append([2] + ids.tolist())
+        rows["label"].append(label)
+    return Dataset.from_dict(rows)
+
+
+def pad_collate(features):
+    """A padding collator (as DataCollatorWithPadding): pads to the longest row of the batch."""
+    longest = max(len(f["input_ids"]) for f in features)
+    ids = torch.zeros(len(features), longest, dtype=torch.long)
+    mask = torch.zeros(len(features), longest, dtype=torch.long)
+    for row, feature in enumerate(features):
+        ids[row, : len(feature["input_ids"])] = torch.tensor(feature["input_ids"])
+        mask[row, : len(feature["input_ids"])] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["label"] for f in features])}
+
+
+def random_order_padding(data, batch_size, rounds=20):
+    """The mean padding fraction of batches of `batch_size` in uniformly shuffled order."""
+    lengths = np.array([len(ids) for ids in data["input_ids"]])
+    rng = np.random.default_rng(0)
+    fractions = []
+    for _ in range(rounds):
+        for batch in np.array_split(rng.permutation(lengths), int(np.ceil(len(lengths) / batch_size))):
+            fractions.append(1 - batch.mean() / batch.max())
+    return float(np.mean(fractions))
+
+
+def make_bert(seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, num_labels=2)
+    return BertForSequenceClassification(config)
+
+
+class BatchProbe(TrainerCallback):
+    """The padded shape of every training batch, read in compute_loss by the trainers below."""
+
+
+def _recording(cls):
+    class Recording(cls):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training:
+                self.shapes = getattr(self, "shapes", [])
+                self.shapes.append(tuple(inputs["input_ids"].shape))
+                self.padding = getattr(self, "padding", [])
+                self.padding.append(1.0 - inputs["attention_mask"].float().mean().item())
+                if SAMPLE_INDEX_KEY in inputs:
+                    self.trained = getattr(self, "trained", [])
+                    self.trained.append(inputs[SAMPLE_INDEX_KEY].tolist())
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return Recording
+
+
+@pytest.mark.parametrize("strategy", ["group_by_length", "sequential", "random"])
+def test_sampling_strategy_at_zero_fraction_matches_trainer(tmp_path, strategy):
+    data = make_text_dataset()
+    runs = {}
+    for name, cls, args_cls, extra in [
+        ("plain", _recording(Trainer), TrainingArguments, {}),
+        ("ours", _recording(KakurenboTrainer), KakurenboTrainingArguments, {"hiding_fraction": 0.0}),
+    ]:
+        trainer = cls(model=make_bert(), train_dataset=data, data_collator=pad_collate,
+                      args=args_for(args_cls, tmp_path / name, train_sampling_strategy=strategy,
+                                    per_device_train_batch_size=8, **extra))
+        trainer.train()
+        runs[name] = trainer
+    plain, ours = runs["plain"], runs["ours"]
+    assert ours.shapes == plain.shapes
+    assert logged(ours, "loss") == logged(plain, "loss")
+    assert same_weights(ours.model, plain.model)
+    if strategy == "group_by_length":  # grouped: much less padding than a shuffled order
+        assert np.mean(ours.padding) < 0.75 * random_order_padding(data, 8)
+
+
+def test_group_by_length_and_sequential_apply_to_the_visible_set(tmp_path):
+    data = make_text_dataset(128)
+    for strategy in ("group_by_length", "sequential"):
+        trainer = _recording(KakurenboTrainer)(
+            model=make_bert(), train_dataset=data, data_collator=pad_collate,
+            args=args_for(KakurenboTrainingArguments, tmp_path / strategy, train_sampling_strategy=strategy,
+                          per_device_train_batch_size=8, num_train_epochs=4, learning_rate=5e-3,
+                          hiding_fraction=0.5, confidence_threshold=0.0, hiding_decay_milestones=[],
+                          hiding_decay_factors=[]))
+        trainer.train()
+        plans = trainer.hiding_engine.plans
+        assert plans[-1].num_hidden > 0
+        steps = [p.update_steps for p in plans]
+        last_epoch = sum(trainer.trained[sum(steps[:-1]):], [])
+        hidden = set(np.flatnonzero(trainer.hiding_engine.hidden).tolist())
+        assert sorted(last_epoch) == sorted(set(range(128)) - hidden)  # each visible sample once, no hidden one
+        if strategy == "sequential":
+            assert last_epoch == sorted(last_epoch)
+        else:
+            assert np.mean(trainer.padding) < 0.75 * random_order_padding(data, 8)
+
+
+def test_unsupported_sampling_strategy_is_refused_before_training(tmp_path):
+    trainer = KakurenboTrainer(model=make_bert(), train_dataset=make_text_dataset(), data_collator=pad_collate,
+                               args=args_for(KakurenboTrainingArguments, tmp_path, train_sampling_strategy="batch_rebalance"))
+    with pytest.raises(ValueError, match="batch_rebalance"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+# --- 4. ignored labels -------------------------------------------------------------------------
+
+
+def test_ignored_labels_train_and_are_never_hidden(tmp_path):
+    data = make_image_dataset(96, noise=0.5).with_format(None)
+    labels = np.array(data["label"])
+    ignored = np.arange(96) % 7 == 3
+    labels[ignored] = -100
+    data = data.remove_columns("label").add_column("label", labels.tolist()).with_format("torch")
+    plain = Trainer(model=make_vit(seed=3), train_dataset=data, data_collator=collate,
+                    args=args_for(TrainingArguments, tmp_path / "plain"))
+    plain.train()  # the plain Trainer trains with ignored labels
+    trainer = KakurenboTrainer(model=make_vit(seed=3), train_dataset=data, data_collator=collate,
+                               args=args_for(KakurenboTrainingArguments, tmp_path / "ours", num_train_epochs=4,
+                                             hiding_fraction=0.5, confidence_threshold=0.0))
+    trainer.train()
+    engine = trainer.hiding_engine
+    assert any(p.num_hidden for p in engine.plans)
+    assert np.isinf(engine.stats.loss[ignored]).all() and not engine.stats.correct[ignored].any()
+    assert np.isfinite(engine.stats.loss[~ignored]).all()
+    assert not engine.hidden[ignored].any()
+
+
+# --- 5. LR compensation when nothing is hidden ----------------------------------------------
+
+
+def test_run_that_hides_nothing_is_the_plain_trainers_run(tmp_path, train_set):
+    """Default compensation ('realized') with hiding on but nothing confident enough: the plain run."""
+    plain = Trainer(model=make_vit(seed=3), train_dataset=train_set, data_collator=collate,
+                    args=args_for(TrainingArguments, tmp_path / "plain", lr_scheduler_type="cosine"))
+    plain.train()
+    ours = KakurenboTrainer(model=make_vit(seed=3), train_dataset=train_set, data_collator=collate,
+                            args=args_for(KakurenboTrainingArguments, tmp_path / "ours", lr_scheduler_type="cosine",
+                                          hiding_fraction=0.9, confidence_threshold=1.0))
+    ours.train()
+    assert all(p.num_hidden == 0 for p in ours.hiding_engine.plans)
+    assert all(p.lr_factor == 1.0 for p in ours.hiding_engine.plans)
+    assert logged(ours, "learning_rate") == logged(plain, "learning_rate")
+    assert logged(ours, "loss") == logged(plain, "loss")
+    assert same_weights(ours.model, plain.model)
+
+
+# --- 7. should_epoch_stop ----------------------------------------------------------------------
+
+
+class StopEpochEarly(TrainerCallback):
+    def __init__(self):
+        self.steps_in_epoch = 0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.steps_in_epoch = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps_in_epoch += 1
+        if int(state.epoch or 0) == 1 and self.steps_in_epoch == 2:
+            control.should_epoch_stop = True
+
+
+def test_should_epoch_stop_continues_the_schedule_like_the_trainer(tmp_path, train_set):
+    plain = Trainer(model=make_vit(seed=3), train_dataset=train_set, data_collator=collate,
+                    callbacks=[StopEpochEarly()], args=args_for(TrainingArguments, tmp_path / "plain"))
+    plain.train()
+    ours = KakurenboTrainer(model=make_vit(seed=3), train_dataset=train_set, data_collator=collate,
+                            callbacks=[StopEpochEarly()],
+                            args=args_for(KakurenboTrainingArguments, tmp_path / "ours", confidence_threshold=1.0))
+    ours.train()
+    assert plain.state.global_step == ours.state.global_step == 6 + 2 + 6
+    assert logged(ours, "learning_rate") == logged(plain, "learning_rate")
+
+
+# --- 8. non-finite statistics ------------------------------------------------------------------
+
+
+def test_non_finite_statistics_warn_once_and_apply_no_factor(tmp_path, train_set, caplog):
+    def nan_statistics(outputs, labels):
+        size = labels.shape[0]
+        return torch.full((size,), float("nan")), torch.ones(size), torch.ones(size, dtype=torch.bool)
+
+    trainer = KakurenboTrainer(model=make_vit(seed=3), train_dataset=train_set, data_collator=collate,
+                               per_sample_statistics_fn=nan_statistics,
+                               args=args_for(KakurenboTrainingArguments, tmp_path, num_train_epochs=4,
+                                             lr_compensation="target"))
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    plans = trainer.hiding_engine.plans
+    assert [p.num_hidden for p in plans] == [0, 0, 0, 0]
+    assert [p.lr_factor for p in plans] == [1.0, 1.0, 1.0, 1.0]
+    assert sum("no sample has finite statistics" in r.getMessage() for r in caplog.records) == 1
+
+
+# --- 3. checkpoints without (or with a broken) hiding state -----------------------------------
+
+
+def _resumable(out, data, resume=None, **overrides):
+    values = dict(num_train_epochs=4, hiding_fraction=0.4, confidence_threshold=0.3, save_strategy="steps",
+                  save_steps=5, per_device_train_batch_size=24)
+    values.update(overrides)
+    trainer = KakurenboTrainer(model=make_vit(seed=3), train_dataset=data, data_collator=collate,
+                               args=args_for(KakurenboTrainingArguments, out, **values))
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tmp_path_factory, train_set):
+    out = tmp_path_factory.mktemp("ckpt")
+    trainer = _resumable(out / "full", train_set)
+    return out / "full", trainer
+
+
+def _hiding_checkpoint(folder, trainer):
+    """A mid-epoch checkpoint inside an epoch that hides samples."""
+    plan = next(p for p in trainer.hiding_engine.plans if p.num_hidden)
+    step = next(s for s in range(plan.start_step + 1, plan.start_step + plan.update_steps) if s % 5 == 0)
+    return folder / f"checkpoint-{step}", plan
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_hiding_state_of_a_hiding_run_is_refused(tmp_path, train_set, checkpointed_run):
+    folder, full = checkpointed_run
+    checkpoint, _ = _hiding_checkpoint(folder, full)
+    copied = _copy(checkpoint, tmp_path / "copied")
+    os.remove(copied / HIDING_STATE_NAME)
+    with pytest.raises(ValueError, match="resume_without_hiding_state"):
+        _resumable(tmp_path / "again", train_set, resume=str(copied))
+
+
+def test_missing_hiding_state_opt_in_continues_at_the_next_epoch(tmp_path, train_set, checkpointed_run):
+    folder, full = checkpointed_run
+    checkpoint, plan = _hiding_checkpoint(folder, full)
+    copied = _copy(checkpoint, tmp_path / "copied")
+    os.remove(copied / HIDING_STATE_NAME)
+    resumed = _resumable(tmp_path / "again", train_set, resume=str(copied), resume_without_hiding_state=True,
+                         save_strategy="no")
+    plans = resumed.hiding_engine.plans
+    assert plans[0].epoch == plan.epoch + 1 and plans[0].num_hidden == 0  # fresh statistics: nothing yet
+    assert plans[0].start_step == int(checkpoint.name.split("-")[1])
+    assert [p.epoch for p in plans] == list(range(plan.epoch + 1, 4))
+    assert resumed.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # the linear schedule ends at 0
+    assert resumed.state.epoch == 4.0
+
+
+def test_broken_hiding_state_files_are_refused_with_their_path(tmp_path, train_set, checkpointed_run):
+    folder, full = checkpointed_run
+    checkpoint, _ = _hiding_checkpoint(folder, full)
+    truncated = _copy(checkpoint, tmp_path / "truncated")
+    path = truncated / HIDING_STATE_NAME
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=str(path)):
+        _resumable(tmp_path / "a", train_set, resume=str(truncated))
+    garbage = _copy(checkpoint, tmp_path / "garbage")
+    (garbage / HIDING_STATE_NAME).write_bytes(b"not a safetensors file at all" * 10)
+    with pytest.raises(ValueError, match="garbage"):
+        _resumable(tmp_path / "b", train_set, resume=str(garbage))
+    flipped = _copy(checkpoint, tmp_path / "flipped")
+    raw = bytearray((flipped / HIDING_STATE_NAME).read_bytes())
+    raw[-1] ^= 0x01  # the last byte belongs to an array
+    (flipped / HIDING_STATE_NAME).write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="checksum"):
+        _resumable(tmp_path / "c", train_set, resume=str(flipped))
+    # A well-formed file whose hidden mask disagrees with its own plan.
+    disagreeing = _copy(checkpoint, tmp_path / "disagreeing")
+    state = load_hiding_state(str(disagreeing))
+    state["hidden"][np.flatnonzero(~state["hidden"])[0]] = True
+    save_hiding_state(state, str(disagreeing))
+    with pytest.raises(ValueError, match="inconsistent"):
+        _resumable(tmp_path / "d", train_set, resume=str(disagreeing))
+
+
+# --- 9. exact resume with random augmentation -------------------------------------------------
+
+
+def _augmented(data):
+    """The HF image recipe's shape: a random transform applied on the fly with set_transform."""
+    data = data.with_format(None)
+
+    def augment(batch):
+        pixels = torch.tensor(np.asarray(batch["pixel_values"], dtype=np.float32))
+        flip = torch.rand(len(pixels)) < 0.5
+        pixels[flip] = pixels[flip].flip(-1)
+        pixels = pixels + 0.3 * torch.randn_like(pixels)
+        return {"pixel_values": list(pixels), "label": batch["label"]}
+
+    data.set_transform(augment)
+    return data
+
+
+@pytest.fixture(scope="module")
+def augmented_run(tmp_path_factory, train_set):
+    out = tmp_path_factory.mktemp("aug")
+    data = _augmented(train_set)
+    return out, data, _resumable(out / "full", data, save_steps=2, remove_unused_columns=False)
+
+
+@pytest.mark.parametrize("where", ["mid_epoch", "epoch_end"])
+def test_resume_with_random_augmentation_is_exact(augmented_run, where):
+    out, data, full = augmented_run
+    plans = full.hiding_engine.plans
+    hiding = [p for p in plans if p.num_hidden and p.epoch < 3]
+    assert hiding, plans
+    if where == "mid_epoch":
+        plan = hiding[0]
+        step = next(s for s in range(plan.start_step + 1, plan.start_step + plan.update_steps) if s % 2 == 0)
+    else:  # the last step of an epoch, before the next epoch's refresh
+        step = next(p.start_step + p.update_steps for p in plans[:-2] if (p.start_step + p.update_steps) % 2 == 0)
+    resumed = _resumable(out / f"resumed_{where}", data, resume=str(out / "full" / f"checkpoint-{step}"),
+                         save_steps=2, remove_unused_columns=False)
+    after = lambda t: [(e["step"], e["loss"]) for e in t.state.log_history if "loss" in e and e["step"] > step]
+    assert after(resumed) == after(full)
+    assert resumed.state.global_step == full.state.global_step
+    strip = lambda t: [(p.epoch, p.num_hidden, p.start_step, p.update_steps) for p in t.hiding_engine.plans]
+    assert strip(resumed) == strip(full)
+    assert np.array_equal(resumed.hiding_engine.hidden, full.hiding_engine.hidden)
+    assert same_weights(resumed.model, full.model)
