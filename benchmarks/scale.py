@@ -179,7 +179,7 @@ RECORD_BYTES, DEVICE_RECORD_BYTES, TABLE_BYTES = 15, 17, 7
 
 
 def cost_model(n: int, p: int, rates: dict, hidden: float = 0.3, refresh_fraction: float = 0.25,
-               bandwidth_bytes: float = 100e9 / 8, round_bytes: int = 64 * 2**20) -> dict:
+               bandwidth_bytes: float = 100e9 / 8, round_bytes: int = 16 * 2**20) -> dict:
     """Bytes, extra memory and epoch-boundary time per rank for N samples on P ranks (see README)."""
     records_per_rank = n / p * ((1 - hidden) + refresh_fraction * hidden)
     sent = RECORD_BYTES * records_per_rank
@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e5, 1e6, 2e6])
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--refresh-fraction", type=float, default=1.0)
+    parser.add_argument("--refresh-fraction", type=float, default=0.25, help="the library default")
     parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "scale.json"))
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--trainer", default="kakurenbo")

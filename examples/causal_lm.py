@@ -7,8 +7,8 @@ shifted as the model shifts them, -100 ignored, computed in chunks from the logi
 Default run (no arguments; nothing is downloaded): the docstrings of about 70 standard-library
 modules (text that ships with Python) are the corpus; a byte-level BPE tokenizer is trained on
 the training documents with the `tokenizers` library; a small GPT-2 is built from a `GPT2Config`
-(2 layers, hidden 128); texts are concatenated and cut into blocks of `--block_size` tokens (the
-recipe's `group_texts`): one block = one sample. The training set also holds, as web corpora do,
+(2 layers, hidden 128); texts are concatenated and cut into blocks of `--block_size` (64) tokens
+(the recipe's `group_texts`): one block = one sample; the first `--embedded_blocks` (800) are kept. The training set also holds, as web corpora do,
 repeated boilerplate (`--embedded_duplicates`: copies of a few blocks) and garbage
 (`--embedded_noise`: blocks of uniformly random tokens). After training the script prints, per
 kind of block, how many were ever hidden, and the held-out perplexity; `--compare_plain` also
@@ -29,11 +29,13 @@ Every `TrainingArguments` field and the hiding fields of kakurenbo_hf/config.py 
 outputs/causal_lm); every flag you pass overrides them. Neither `--do_train` nor `--do_eval`
 given: both are on.
 
-What gets hidden. A block is hidden only if it is among the lowest-loss F_e x N blocks, at least
-half of its tokens are predicted (argmax) right, and its mean target-token probability is >= tau
-(0.7): blocks the model has learned to reproduce. Natural text that is not memorised stays well
-below (a language model's mean target probability on such text is far under 0.7); random blocks
-never get there.
+What gets hidden. A block is hidden only if it is among the lowest-loss F_e x N blocks and the
+model already predicts (argmax) at least tau = 0.7 of its tokens (the built-in confidence of
+language models is the token accuracy, see kakurenbo_hf/tasks): blocks the model has learned to
+reproduce. The summary prints, per kind of block, the candidate definitions side by side (token
+accuracy, mean target probability, mean top probability, exp(-loss)) and how many blocks reach
+tau with each: repeated blocks reach it with the token accuracy, not with probabilities; unique
+text and random blocks reach it with none.
 
 Multi-process on CPU:
 
@@ -220,6 +222,7 @@ class DataTrainingArguments:
     validation_split_percentage: int = field(default=5, metadata={"help": "% of train used for validation if none."})
     preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for map()."})
     keep_linebreaks: bool = field(default=True, metadata={"help": "Keep line breaks of txt files."})
+    embedded_blocks: int = field(default=800, metadata={"help": "Embedded data: unique training blocks kept."})
     embedded_duplicates: float = field(
         default=0.1, metadata={"help": "Embedded data: repeated blocks, as a fraction of the unique blocks."})
     embedded_noise: float = field(
@@ -309,9 +312,45 @@ def kind_report(trainer, kinds):
             if trainer.hidden_history else 0,
             "mean_confidence": float(np.asarray(stats.confidence[rows], dtype=np.float32).mean()),
             "correct": float(stats.correct[rows].mean()),
-            "mean_loss": float(stats.loss[rows][np.isfinite(stats.loss[rows])].mean()),
+            "mean_loss": float(np.mean(finite)) if (finite := stats.loss[rows][np.isfinite(stats.loss[rows])]).size
+            else float("nan"),
         }
     return report
+
+
+def definitions_report(model, dataset, kinds, threshold, batch_size=64):
+    """Per kind of block, after training (eval mode): the mean of each candidate per-sample
+    confidence, and the fraction of blocks at or above `threshold` (tau).
+
+    token accuracy: fraction of tokens whose target is the argmax (the built-in confidence);
+    target probability: mean probability of the target tokens; top probability: mean probability
+    of the argmax token; exp(-loss): the geometric mean of the target probabilities.
+    """
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    values = {name: [] for name in ("token accuracy", "target probability", "top probability", "exp(-loss)")}
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            rows = dataset[start:start + batch_size]
+            input_ids = torch.as_tensor(rows["input_ids"], device=device)
+            labels = torch.as_tensor(rows["labels"], device=device)[:, 1:]
+            log_probs = model(input_ids=input_ids).logits[:, :-1].float().log_softmax(-1)
+            valid = labels != -100
+            count = valid.sum(1).clamp(min=1)
+            target = log_probs.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+            top, prediction = log_probs.max(-1)
+            mean = lambda x: (x * valid).sum(1) / count  # noqa: E731
+            values["token accuracy"].append(mean((prediction == labels).float()))
+            values["target probability"].append(mean(target.exp()))
+            values["top probability"].append(mean(top.exp()))
+            values["exp(-loss)"].append(mean(target).exp())
+    values = {k: torch.cat(v).cpu().numpy() for k, v in values.items()}
+    kinds = np.asarray(kinds)
+    return {kind: {name: (float(v[kinds == kind].mean()), float((v[kinds == kind] >= threshold).mean()))
+                   for name, v in values.items()}
+            for kind in (UNIQUE, DUPLICATE, NOISE) if (kinds == kind).any()}
 
 
 def recording(trainer_cls):
@@ -383,6 +422,7 @@ def main(args_list=None):
         eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
     kinds = [UNIQUE] * len(train_dataset)
     if embedded:
+        train_dataset = train_dataset.select(range(min(data_args.embedded_blocks, len(train_dataset))))
         train_dataset, kinds = add_duplicates_and_noise(train_dataset, data_args.embedded_duplicates,
                                                         data_args.embedded_noise, len(tokenizer),
                                                         seed=training_args.seed)
@@ -393,6 +433,10 @@ def main(args_list=None):
     if training_args.do_train:
         results["kinds"] = kind_report(trainer, kinds)
         results["hidden_per_epoch"] = [int(h.size) for h in trainer.hidden_history]
+        if embedded:
+            results["definitions"] = definitions_report(trainer.model, train_dataset, kinds,
+                                                        trainer.hiding_args.confidence_threshold)
+            results["threshold"] = trainer.hiding_args.confidence_threshold
     if data_args.compare_plain:
         model.load_state_dict(initial_state)
         transformers.set_seed(training_args.seed)
@@ -411,6 +455,13 @@ def print_summary(results, num_blocks):
               f"{r.get('perplexity', float('nan')):.2f}")
     if "hidden_per_epoch" in results:
         print(f"[causal_lm] hidden per epoch (of {num_blocks} blocks): {results['hidden_per_epoch']}")
+    if "definitions" in results:
+        tau = results["threshold"]
+        print(f"[causal_lm] after training (eval mode), per kind of block: mean, and fraction >= tau = {tau}")
+        names = list(next(iter(results["definitions"].values())))
+        print("[causal_lm] kind | " + " | ".join(names))
+        for kind, values in results["definitions"].items():
+            print(f"[causal_lm] {kind} | " + " | ".join(f"{values[n][0]:.3f} ({values[n][1]:.0%})" for n in names))
     for kind, values in results.get("kinds", {}).items():
         print(f"[causal_lm] {kind:9s} blocks {values['blocks']:5d}  ever hidden {values['ever_hidden']:5d}  "
               f"hidden in the last epoch {values['hidden_last_epoch']:5d}  mean confidence "

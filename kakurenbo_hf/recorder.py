@@ -7,7 +7,7 @@ Only one rank holds the table (the main process; see `engine.py`): a flush sends
 records there and nowhere else. Records travel compactly, 15 bytes each (`record_dtype`: step
 int32, index int32 (int64 past 2**31 samples), loss float32, confidence float16, correct uint8)
 instead of float64 rows, and in rounds of at most `round_bytes` arriving at the main process
-(default 64 MiB over all ranks), so no rank's extra memory grows with N x P. A rank with fewer
+(default 16 MiB over all ranks), so no rank's extra memory grows with N x P. A rank with fewer
 records pads its round with rows of index -1, which are dropped.
 
 Synchronisation is per flush, not per step, chosen by measurement (`benchmarks/sync.py`): per step
@@ -30,7 +30,7 @@ import torch
 
 from .stats import SampleStats
 
-DEFAULT_ROUND_BYTES = 64 * 2**20
+DEFAULT_ROUND_BYTES = 16 * 2**20
 
 
 def record_dtype(num_samples: int) -> np.dtype:

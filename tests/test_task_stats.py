@@ -26,7 +26,7 @@ from kakurenbo_hf.tasks import (
 )
 
 
-def reference_tokens(logits, labels, shift, ignore_index=-100, min_accuracy=0.5):
+def reference_tokens(logits, labels, shift, ignore_index=-100, min_accuracy=0.5, confidence="accuracy"):
     """Per-sample statistics, one sample and one position at a time, in float64."""
     losses, confidences, corrects = [], [], []
     for b in range(logits.shape[0]):
@@ -39,8 +39,13 @@ def reference_tokens(logits, labels, shift, ignore_index=-100, min_accuracy=0.5)
         x, y = x[keep], y[keep]
         nll = F.cross_entropy(x, y, reduction="none")
         losses.append(nll.mean().item())
-        confidences.append(torch.softmax(x, -1).gather(-1, y[:, None]).mean().item())
-        corrects.append((x.argmax(-1) == y).double().mean().item() >= min_accuracy)
+        right = x.argmax(-1) == y
+        accuracy = right.double().mean().item()
+        if confidence == "balanced_accuracy":  # mean over the classes present of their recall
+            accuracy = sum(right[y == c].double().mean().item() for c in y.unique()) / len(y.unique())
+        probability = torch.softmax(x, -1).gather(-1, y[:, None]).mean().item()
+        confidences.append(probability if confidence == "probability" else accuracy)
+        corrects.append(accuracy >= min_accuracy)
     return torch.tensor(losses), torch.tensor(confidences), torch.tensor(corrects)
 
 
@@ -89,7 +94,9 @@ def test_unshifted_statistics_differ_from_shifted():
     logits, labels = lm_batch()
     shifted = CausalLMStatistics()({"logits": logits}, labels)[0]
     aligned = TokenStatistics()({"logits": logits}, labels)[0]
-    assert_stats(TokenStatistics()({"logits": logits}, labels), reference_tokens(logits, labels, shift=0))
+    assert_stats(TokenStatistics(task="seq2seq_lm")({"logits": logits}, labels), reference_tokens(logits, labels, 0))
+    assert_stats(TokenStatistics()({"logits": logits}, labels),
+                 reference_tokens(logits, labels, shift=0, confidence="balanced_accuracy"))
     assert not torch.allclose(shifted[torch.isfinite(shifted)], aligned[torch.isfinite(aligned)])
 
 
@@ -204,7 +211,7 @@ def test_bart_is_seq2seq_and_token_classification_is_aligned():
         own = [bert(input_ids=input_ids[b:b + 1], labels=labels[b:b + 1]).loss for b in range(3)]
     assert detect_statistics(bert, outputs, labels).task == "token_classification"
     values = tasks.auto_statistics(outputs, labels, bert)
-    assert_stats(values, reference_tokens(outputs.logits, labels, shift=0))
+    assert_stats(values, reference_tokens(outputs.logits, labels, shift=0, confidence="balanced_accuracy"))
     torch.testing.assert_close(values[0], torch.stack(own), atol=1e-5, rtol=1e-5)
 
 
@@ -217,17 +224,19 @@ def test_min_accuracy_is_the_correctness_threshold():
         CausalLMStatistics(min_accuracy=1.5)
 
 
-def test_one_position_reduces_to_the_classification_rule():
-    """A one-token sample: correct and confidence >= tau exactly when classification would hide it."""
-    generator = torch.Generator().manual_seed(1)
-    logits = torch.randn(64, 1, 6, generator=generator) * 3
-    labels = torch.randint(0, 6, (64, 1), generator=generator)
-    loss, confidence, correct = TokenStatistics()({"logits": logits}, labels)
-    c_loss, c_conf, c_correct = ClassificationStatistics()({"logits": logits[:, 0]}, labels[:, 0])
-    torch.testing.assert_close(loss, c_loss)
-    assert torch.equal(correct, c_correct)
-    for tau in (0.5, 0.7, 0.9):
-        assert torch.equal(correct & (confidence >= tau), c_correct & (c_conf >= tau))
+def test_confidence_is_token_accuracy_or_target_probability():
+    logits, labels = lm_batch()
+    accuracy = CausalLMStatistics()({"logits": logits}, labels)
+    probability = CausalLMStatistics(confidence="probability")({"logits": logits}, labels)
+    assert_stats(probability, reference_tokens(logits, labels, shift=1, confidence="probability"))
+    ref = reference_tokens(logits, labels, shift=1)
+    assert_stats(accuracy, ref)
+    counts = (labels[:, 1:] != -100).sum(1)
+    hits = accuracy[1] * counts
+    assert torch.allclose(hits, hits.round())  # a fraction of the sample's counted tokens
+    assert not torch.allclose(accuracy[1], probability[1])
+    with pytest.raises(ValueError, match="confidence"):
+        CausalLMStatistics(confidence="top")
 
 
 def test_fused_log_probs_give_the_same_statistics_as_the_logits():
@@ -247,6 +256,8 @@ def test_fused_log_probs_give_the_same_statistics_as_the_logits():
 
 def test_trl_fused_head_of_a_real_model():
     trl_utils = pytest.importorskip("trl.trainer.utils")
+    if not hasattr(trl_utils, "add_fused_lm_head"):
+        pytest.skip("this TRL has no fused LM head")
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -268,13 +279,13 @@ def test_trl_fused_head_of_a_real_model():
 # --- segmentation ----------------------------------------------------------------------------
 
 
-def reference_segmentation(logits, labels, ignore_index, min_accuracy=0.5):
+def reference_segmentation(logits, labels, ignore_index, min_accuracy=0.5, confidence="balanced_accuracy"):
     up = F.interpolate(logits.double(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
     if up.shape[1] == 1:
         up = torch.cat([torch.zeros_like(up), up], 1)
     flat = up.permute(0, 2, 3, 1).reshape(up.shape[0], -1, up.shape[1])
     return reference_tokens(flat, labels.reshape(labels.shape[0], -1), shift=0, ignore_index=ignore_index,
-                            min_accuracy=min_accuracy)
+                            min_accuracy=min_accuracy, confidence=confidence)
 
 
 def segformer(num_labels=4, **overrides):
@@ -305,6 +316,19 @@ def test_segmentation_against_the_models_own_loss_per_sample():
     assert values[0][2] == math.inf and not values[2][2]
 
 
+def test_a_missed_object_on_a_background_mask_is_not_learned():
+    """95% background predicted right, the object missed: pixel accuracy 0.95, balanced accuracy 0.5."""
+    labels = torch.zeros(1, 20, 20, dtype=torch.long)
+    labels[0, :2, :10] = 1  # 20 of 400 pixels
+    logits = torch.zeros(1, 2, 20, 20)
+    logits[:, 0] = 5.0  # everything predicted background
+    _, balanced, correct = SegmentationStatistics()({"logits": logits}, labels)
+    _, plain, _ = SegmentationStatistics(confidence="accuracy")({"logits": logits}, labels)
+    torch.testing.assert_close(plain, torch.tensor([0.95]))
+    torch.testing.assert_close(balanced, torch.tensor([0.5]))
+    assert not (balanced >= 0.7).any() and correct.all()
+
+
 def test_segmentation_uses_the_models_ignore_index():
     model = segformer(semantic_loss_ignore_index=7)
     chosen = detect_statistics(model, {"logits": torch.zeros(1, 4, 8, 8)}, torch.zeros(1, 32, 32, dtype=torch.long))
@@ -317,14 +341,18 @@ def test_binary_segmentation_is_scored_as_sigmoid():
     labels = torch.randint(0, 2, (2, 8, 8), generator=generator)
     labels[1, :2] = 255
     loss, confidence, correct = SegmentationStatistics()({"logits": logits}, labels)
+    _, probability, _ = SegmentationStatistics(confidence="probability")({"logits": logits}, labels)
     up = F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)[:, 0]
     for b in range(2):
         keep = labels[b] != 255
         x, y = up[b][keep], labels[b][keep].float()
         torch.testing.assert_close(loss[b], F.binary_cross_entropy_with_logits(x, y), atol=1e-5, rtol=1e-5)
         p = torch.sigmoid(x)
-        torch.testing.assert_close(confidence[b], (y * p + (1 - y) * (1 - p)).mean(), atol=1e-5, rtol=1e-5)
-        assert bool(correct[b]) == bool((((x > 0).float() == y).float().mean()) >= 0.5)
+        torch.testing.assert_close(probability[b], (y * p + (1 - y) * (1 - p)).mean(), atol=1e-5, rtol=1e-5)
+        right = (x > 0).float() == y
+        balanced = sum(right[y == c].float().mean() for c in y.unique()) / len(y.unique())
+        torch.testing.assert_close(confidence[b], balanced)
+        assert bool(correct[b]) == bool(balanced >= 0.5)
 
 
 # --- classification, multi-label, regression -------------------------------------------------

@@ -257,14 +257,14 @@ def test_token_classification_trains_with_hiding(tmp_path):
     from transformers import BertConfig, BertForTokenClassification
 
     rng = np.random.default_rng(0)
-    ids = rng.integers(5, 30, (64, 10))
-    labels = np.where(np.arange(64)[:, None] < 32, ids % 3, rng.integers(0, 3, (64, 10)))  # rule or noise
+    ids = rng.integers(5, 30, (64, 16))
+    labels = np.where(np.arange(64)[:, None] < 32, ids % 5, rng.integers(0, 5, (64, 16)))  # rule or noise
     labels[:, 0] = -100
     labels[40] = -100  # a sample with every label ignored: never hidden, stays unseen
     data = Dataset.from_dict({"input_ids": ids, "labels": labels}).with_format("torch")
     torch.manual_seed(0)
     model = BertForTokenClassification(BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=1,
-                                                  num_attention_heads=2, intermediate_size=32, num_labels=3))
+                                                  num_attention_heads=2, intermediate_size=32, num_labels=5))
     trainer = record_hidden(KakurenboTrainer)(model=model, args=lm_args(tmp_path, num_train_epochs=8),
                                               train_dataset=data)
     trainer.train()

@@ -329,7 +329,8 @@ def test_batch_without_labels_is_rejected_before_training(tmp_path, train_set):
 
 
 @pytest.mark.parametrize("task", ["regression", "multi_label"])
-def test_non_classification_labels_are_rejected(tmp_path, task):
+def test_regression_and_multi_label_get_built_in_statistics(tmp_path, task):
+    """Formerly rejected; now the built-in statistics of those tasks (kakurenbo_hf/tasks) cover them."""
     rng = np.random.default_rng(0)
     pixels = rng.normal(size=(32, 3, 16, 16)).astype(np.float32)
     if task == "regression":
@@ -339,10 +340,11 @@ def test_non_classification_labels_are_rejected(tmp_path, task):
         model = make_vit(num_classes=4, problem_type="multi_label_classification")
         labels = (rng.random((32, 4)) > 0.5).astype(np.float32)
     data = Dataset.from_dict({"pixel_values": pixels, "labels": labels}).with_format("torch")
-    trainer = KakurenboTrainer(model=model, args=kakurenbo_args(tmp_path), train_dataset=data)
-    with pytest.raises(ValueError, match="per_sample_statistics_fn"):
-        trainer.train()
-    assert trainer.state.global_step == 0
+    trainer = KakurenboTrainer(model=model, args=kakurenbo_args(tmp_path, num_train_epochs=2), train_dataset=data)
+    trainer.train()
+    stats = trainer.hiding_engine.stats
+    assert stats.num_seen == 32 and np.isfinite(stats.loss).all()
+    assert ((stats.confidence >= 0) & (stats.confidence <= 1)).all()
 
 
 def test_step_budgets_and_fractional_epochs_are_rejected(tmp_path, train_set):

@@ -11,18 +11,18 @@ data set for pre-training and smoke-testing tiny ViT / DeiT models on CPU.
 Which published rule each step follows
 --------------------------------------
 1. **Number of maps** ``N`` uniform in ``{min_maps..max_maps}``, default ``{2..7}``
-   (FractalDB's search draws ``randint(2, 8)``; Anderson and Farrell use the same range).
+   (FractalDB's search draws ``numpy.random.randint(2, 8)``).
 2. **Maps: the sigma-factor rule** (default ``sampler="sigma_factor"``; Anderson and Farrell,
-   "Improving Fractal Pre-training", WACV 2022, Sec. 3.1).  Each linear part is built from
+   "Improving Fractal Pre-training", WACV 2022).  Each linear part is built from
    its SVD, ``A_i = U_i diag(s_i1, s_i2) V_i^T``: ``U_i``, ``V_i`` are random orthogonal
    2x2 matrices (uniform rotation angle, reflection with probability 1/2); the singular values
    satisfy ``1 >= s_i1 >= s_i2 >= 0`` (every map is a contraction, so no system diverges)
    and their *sigma factor* ``alpha = sum_i (s_i1 + 2 s_i2)`` is drawn uniformly in the
-   paper's range ``[(5 + N) / 2, (6 + N) / 2]``.  The paper shows that low ``alpha`` gives
-   dust and lines, high ``alpha`` blobs, and this band the fractals with structure.  How
-   ``alpha`` is split between the maps is ours (the paper does not fix it): the per-map budgets
-   ``w_i = s_i1 + 2 s_i2`` are ``alpha`` times a flat Dirichlet draw, redrawn until every
-   ``w_i <= 3``, and ``s_i2`` is uniform in the interval that keeps ``1 >= s_i1 >= s_i2``.
+   paper's range ``[(5 + N) / 2, (6 + N) / 2]`` (lower values give sparse dust, higher ones
+   solid shapes).  How ``alpha`` is split between the maps is ours: the per-map budgets
+   ``w_i = s_i1 + 2 s_i2`` are ``alpha`` times a flat Dirichlet draw, redrawn while some
+   ``w_i > 3`` (bounded stick-breaking in random order if ``alpha`` is too close to ``3 N``
+   for that), and ``s_i2`` is uniform in the interval that keeps ``1 >= s_i1 >= s_i2``.
    Translations ``b_i`` are uniform in ``[-1, 1]^2``.
    ``sampler="uniform"`` is FractalDB's own draw instead: all six parameters uniform in
    ``[-1, 1]`` (often expanding; only about 2 % of such draws pass step 4, so it is ~8x slower).
@@ -43,6 +43,10 @@ Which published rule each step follows
    unlimited distinct instances).  Options: a horizontal flip (``flip``; FractalDB stores four
    flips) and colour.  FractalDB keeps the class's map probabilities; here they are
    recomputed from the weighted maps (a difference of a few per cent in the probabilities).
+   Deviation: with the sigma-factor sampler a weighting that would make a map expand
+   (largest singular value > 1) is redrawn, so instances stay contractions like their class;
+   otherwise about 0.5 % of the instances grow sparse far-flung tails and the min..max box
+   shrinks the fractal to a dot.
 6. **Rendering at FractalDB's density.**  FractalDB plots 100,000 points on 512 x 512 pixels,
    ``100000 / 512**2 = 0.38`` points per pixel, which is what makes its images thin point
    drawings rather than solid shapes.  Small images cannot show that at one pixel per point
@@ -76,15 +80,16 @@ returns a ``DatasetDict`` with ``"train"`` and ``"test"``), ``min_fill_rate=0.2`
 ``"instance"``: a random colour per image), ``margin=0.05``, ``sampler="sigma_factor"``
 (or ``"uniform"``), ``supersample=4``, ``cache_dir=None`` (``datasets`` default cache).
 
-Measured (``python -m kakurenbo_hf.data.grid --stats``, see ``docs/fractal_data.md``)
-----------------------------------------------------------------------------------
-Over 40 classes x 3 instances (seed 0): the search filling rate of every class is >= 0.2 by
-construction (median about 0.25; the most a 100,000-point render can reach is 0.38); the images'
-mean intensity (their filling rate at the render resolution) has median ~0.18; at 32 px about
-half of the pixels are non-black (most of them dim, partially covered), at 64 px about a third.
-A nearest-centroid classifier on raw pixels separates 10 classes at 90-100 %.
-Building 10 classes x 100 images at 32 px takes about twice as long as the v1 generator did
-(class search at 512 px plus 6,250 points per image); a second call loads from the cache.
+Measured (``python -m kakurenbo_hf.data.grid --stats``; ``docs/fractal_data.md``)
+--------------------------------------------------------------------------------
+40 classes x 3 instances, seed 0: the classes' search filling rate is >= 0.2 by construction
+(median 0.22, max 0.25; 100,000 points can fill at most 0.38); the images' filling rate at the
+render resolution (their mean intensity) has median 0.22 at 32 px and 0.21 at 64 px, none
+above 0.27 (v1: median 0.43, a third of the images above 0.5).  Most non-black pixels are
+partly covered: about half of a 32 px image's pixels are non-black.  A raw-pixel
+nearest-centroid classifier separates 10 classes at 98-100 % (200 / 50 images per class).
+Building 10 classes x 100 images at 32 px takes about 0.65x the CPU time of the v1 generator
+(0.5 s on the 2-core development machine); a second call loads from the cache.
 
 Caching
 -------
@@ -144,6 +149,7 @@ _COLOR_MODES = ("gray", "class", "instance")
 _DIVERGENCE_LIMIT = 1e4
 _MAX_CLASS_ATTEMPTS = 1000  # per class
 _MAX_INSTANCE_ATTEMPTS = 20
+_MAX_BUDGET_DRAWS = 100
 _CANDIDATE_BLOCK = 4  # class candidates rendered together (the result does not depend on it)
 # Distinct stream tags so class sampling, candidate rendering, instance perturbation and
 # colours never share random numbers.
@@ -181,10 +187,20 @@ def _sample_singular_values(rng: np.random.Generator, n: int, alpha: float) -> n
     """``(n, 2)`` singular values with ``1 >= s1 >= s2 >= 0`` and ``sum(s1 + 2 s2) == alpha``."""
     if not 0.0 <= alpha <= 3.0 * n:
         raise ValueError(f"sigma factor {alpha} outside [0, {3 * n}] for {n} maps")
-    while True:  # per-map budgets w_i = s_i1 + 2 s_i2 in [0, 3], summing to alpha
+    # per-map budgets w_i = s_i1 + 2 s_i2 in [0, 3], summing to alpha: uniform on that set
+    # (flat Dirichlet, redrawn while some w_i > 3: at most half the draws in the published band)
+    for _ in range(_MAX_BUDGET_DRAWS):
         w = alpha * rng.dirichlet(np.ones(n))
         if np.all(w <= 3.0):
             break
+    else:  # alpha close to 3n: bounded stick-breaking in a random order
+        w = np.empty(n)
+        rest = alpha
+        for i in range(n - 1):
+            w[i] = rng.uniform(max(0.0, rest - 3.0 * (n - 1 - i)), min(3.0, rest))
+            rest -= w[i]
+        w[-1] = rest
+        w = np.clip(rng.permutation(w), 0.0, 3.0)
     lo = np.maximum(0.0, (w - 1.0) / 2.0)  # s1 = w - 2 s2 <= 1
     hi = w / 3.0                           # s1 >= s2
     s2 = rng.uniform(lo, np.maximum(lo, hi))
@@ -585,14 +601,34 @@ def _default_num_points(image_size: int, supersample: int = 4) -> int:
     return max(1, int(round(FRACTALDB_POINTS_PER_PIXEL * (image_size * supersample) ** 2)))
 
 
+def _max_singular_values(params: np.ndarray) -> np.ndarray:
+    """Largest singular value of each map's linear part (closed form for 2x2)."""
+    a = np.asarray(params, dtype=np.float64)[:, :4]
+    frob2 = (a * a).sum(axis=1)
+    det = a[:, 0] * a[:, 3] - a[:, 1] * a[:, 2]
+    return np.sqrt((frob2 + np.sqrt(np.maximum(frob2 * frob2 - 4.0 * det * det, 0.0))) / 2.0)
+
+
+def _weighted_instance(params, rng, perturbation, contractive):
+    """FractalDB's weighting; with ``contractive``, redrawn while it makes a map expand."""
+    for _ in range(_MAX_INSTANCE_ATTEMPTS):
+        out = perturb_ifs(params, rng, perturbation)
+        if not contractive or np.all(_max_singular_values(out) <= 1.0 + 1e-9):
+            return out
+    return np.array(params, dtype=np.float64, copy=True)
+
+
 def _render_instances(classes, pairs, *, image_size, num_points, seed, perturbation, flip,
-                      color, margin, supersample=1):
+                      color, margin, supersample=1, contractive=True):
     """Render instances ``(class_index, instance_index)`` in one batch.
 
     Instance ``(c, k)`` depends only on ``(seed, c, k)`` and the knobs: its own generator
     ``default_rng([seed, 3, c, k])`` draws, in order, a colour, a flip coin, the weighting and
     the chaos-game numbers (the same draws whatever ``color`` / ``flip`` say, so those knobs
-    never change the shape).  A divergent weighting is redrawn from the same generator.
+    never change the shape).  With ``contractive`` (the sigma-factor classes, whose maps all
+    contract) a weighting that lifts a map's largest singular value above 1 is redrawn from
+    the same generator: an expanding map gives the attractor long sparse tails, and the
+    min..max box then shrinks the fractal to a dot.  A divergent weighting is redrawn too.
     """
     rngs, colors, flips, params = [], [], [], []
     for c, k in pairs:
@@ -608,7 +644,7 @@ def _render_instances(classes, pairs, *, image_size, num_points, seed, perturbat
         rngs.append(rng)
         colors.append(rgb)
         flips.append(bool(flip) and bool(coin))
-        params.append(perturb_ifs(classes[c], rng, perturbation))
+        params.append(_weighted_instance(classes[c], rng, perturbation, contractive))
     images = _render_batch(params, image_size, num_points, rngs, colors, margin, flips,
                            supersample)
     for i, img in enumerate(images):
@@ -617,7 +653,7 @@ def _render_instances(classes, pairs, *, image_size, num_points, seed, perturbat
             # rare: redraw this instance's weighting from its own generator
             p = classes[pairs[i][0]]
             if attempt < _MAX_INSTANCE_ATTEMPTS:
-                p = perturb_ifs(p, rngs[i], perturbation)
+                p = _weighted_instance(p, rngs[i], perturbation, contractive)
             # after too many tries, the unweighted class (known to converge)
             (img,) = _render_batch([p], image_size, num_points, [rngs[i]], [colors[i]],
                                    margin, [flips[i]], supersample)
@@ -627,6 +663,7 @@ def _render_instances(classes, pairs, *, image_size, num_points, seed, perturbat
 
 
 _BATCH_SIZE = 64
+_BATCH_POINTS = 2_000_000
 
 
 def _fractal_generator(num_classes, image_size, num_points, seed, min_fill_rate, min_maps,
@@ -643,12 +680,15 @@ def _fractal_generator(num_classes, image_size, num_points, seed, min_fill_rate,
     classes, _ = _sample_classes_cached(num_classes, seed, min_fill_rate, min_maps, max_maps,
                                         sampler)
     pairs = [(c, k) for k in range(instance_start, instance_stop) for c in range(num_classes)]
-    for s in range(0, len(pairs), _BATCH_SIZE):
-        chunk = pairs[s:s + _BATCH_SIZE]
+    # images rendered together (bounded memory for big images; the pixels do not depend on it)
+    batch = max(1, min(_BATCH_SIZE, _BATCH_POINTS // num_points))
+    for s in range(0, len(pairs), batch):
+        chunk = pairs[s:s + batch]
         images = _render_instances(classes, chunk, image_size=image_size,
                                    num_points=num_points, seed=seed,
                                    perturbation=perturbation, flip=flip, color=color,
-                                   margin=margin, supersample=supersample)
+                                   margin=margin, supersample=supersample,
+                                   contractive=sampler == "sigma_factor")
         for (c, _), img in zip(chunk, images):
             yield {"image": Image.fromarray(img), "label": c}
 

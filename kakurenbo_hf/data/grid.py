@@ -7,8 +7,9 @@ Picture (one row per class, one column per instance, as the data set stores them
     python -m kakurenbo_hf.data.grid --classes 8 --instances 6 --image_size 64 --seed 0 \\
         --zoom 2 --output docs/fractals_grid.png
 
-Filling-rate distribution of the images (fraction of non-black pixels, FractalDB's
-measure; one line per image size)::
+Filling-rate distribution of the images (one line per image size: ``fill`` is FractalDB's
+filling rate at the resolution the points were plotted, ``nonblack`` the fraction of non-black
+pixels of the stored image; then the classes' search filling rate, 512 px / 100,000 points)::
 
     python -m kakurenbo_hf.data.grid --stats --classes 40 --instances 3 --image_size 32 64
 
@@ -65,20 +66,44 @@ def grid_image(images: np.ndarray, gap: int = 2, zoom: int = 1, gap_value: int =
     return out
 
 
+def _summary(values: np.ndarray) -> dict:
+    q = np.quantile(values, [0.1, 0.5, 0.9])
+    return {"p10": round(float(q[0]), 4), "median": round(float(q[1]), 4),
+            "p90": round(float(q[2]), 4), "min": round(float(values.min()), 4),
+            "max": round(float(values.max()), 4),
+            "share_below_0.2": round(float((values < 0.2).mean()), 4),
+            "share_above_0.5": round(float((values > 0.5).mean()), 4)}
+
+
 def fill_stats(images: np.ndarray) -> dict:
-    """Filling-rate summary of ``(..., H, W, 3)`` images (fraction of pixels with any channel > 0)."""
+    """Filling-rate summary of ``(..., H, W, 3)`` images.
+
+    ``fill``: FractalDB's filling rate at the resolution the points were plotted, i.e. the
+    mean intensity (brightest channel / 255): an image stores, per pixel, the occupied fraction
+    of its supersampled block (for binary images it is the fraction of non-black pixels).
+    ``nonblack``: the fraction of pixels with any channel > 0 at the stored size.
+    """
     flat = images.reshape(-1, *images.shape[-3:])
-    fill = (flat.max(axis=-1) > 0).reshape(len(flat), -1).mean(axis=1)
-    q = np.quantile(fill, [0.1, 0.25, 0.5, 0.75, 0.9])
-    return {
-        "images": int(len(fill)),
-        "p10": float(q[0]), "p25": float(q[1]), "median": float(q[2]), "p75": float(q[3]),
-        "p90": float(q[4]),
-        "min": float(fill.min()), "max": float(fill.max()),
-        "share_below_0.2": float((fill < 0.2).mean()),
-        "share_above_0.5": float((fill > 0.5).mean()),
-        "mean_intensity": float(flat.astype(np.float64).mean() / 255.0),
-    }
+    bright = flat.max(axis=-1).reshape(len(flat), -1)
+    return {"images": int(len(flat)),
+            "fill": _summary(bright.mean(axis=1) / 255.0),
+            "nonblack": _summary((bright > 0).mean(axis=1))}
+
+
+def class_search_fill(classes: int, seed: int, **kwargs) -> Optional[dict]:
+    """Quantiles of the classes' FractalDB search filling rate (512 px, 100,000 points)."""
+    from . import fractal
+
+    if not hasattr(fractal, "search_filling_rate"):  # generator v1 had no such rule
+        return None
+    keys = ("min_fill_rate", "min_maps", "max_maps", "sampler")
+    _, fills = fractal.sample_fractal_classes(classes, seed=seed, return_fill=True,
+                                              **{k: v for k, v in kwargs.items() if k in keys})
+    q = np.quantile(fills, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return {"classes": classes, "threshold": float(kwargs.get("min_fill_rate", 0.2)),
+            "min": round(float(q[0]), 4), "p25": round(float(q[1]), 4),
+            "median": round(float(q[2]), 4), "p75": round(float(q[3]), 4),
+            "max": round(float(q[4]), 4)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -103,9 +128,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             images = dataset_images(args.classes, args.instances, size, args.seed, args.cache_dir, **extra)
             stats = fill_stats(images)
             print(json.dumps({"image_size": size, "classes": args.classes,
-                              "instances": args.instances, "seed": args.seed,
-                              **{k: round(v, 4) if isinstance(v, float) else v
-                                 for k, v in stats.items()}}))
+                              "instances": args.instances, "seed": args.seed, **stats}))
+        search = class_search_fill(args.classes, args.seed, **extra)
+        if search is not None:
+            print(json.dumps({"search_filling_rate_of_the_classes": search}))
         return 0
 
     if len(args.image_size) != 1:

@@ -8,10 +8,11 @@
 | single-label classification | 2-D logits, integer labels (batch,) | cross-entropy | top-class probability | argmax == label |
 | multi-label classification | `problem_type="multi_label_classification"` | mean BCE over labels | min over labels of p(true value) | every label right |
 | regression | `problem_type="regression"` | MSE | 1 | True (or every abs error <= tolerance) |
-| causal LM | `*ForCausalLM`, `*LMHeadModel`, decoder-only `*ForConditionalGeneration`, TRL fused head | mean next-token CE over non-ignored labels | mean target-token probability | >= 50% of tokens argmax-right |
+| causal LM | `*ForCausalLM`, `*LMHeadModel`, decoder-only `*ForConditionalGeneration`, TRL fused head | mean next-token CE over non-ignored labels | token accuracy (fraction of tokens argmax-right) | token accuracy >= 0.5 |
 | seq2seq LM | `config.is_encoder_decoder` | as causal LM, labels not shifted | as causal LM | as causal LM |
-| token classification / masked LM | `*ForTokenClassification`, `*ForMaskedLM` | as seq2seq | as seq2seq | as seq2seq |
-| semantic segmentation | `*ForSemanticSegmentation`, 4-D logits | mean per-pixel CE (logits upsampled, model's ignore index) | mean target-class probability | >= 50% of pixels right |
+| masked LM | `*ForMaskedLM` | as seq2seq | as seq2seq | as seq2seq |
+| token classification | `*ForTokenClassification` | mean CE over the labelled tokens | class-balanced token accuracy | that accuracy >= 0.5 |
+| semantic segmentation | `*ForSemanticSegmentation`, 4-D logits | mean per-pixel CE (logits upsampled, model's ignore index) | class-balanced pixel accuracy | that accuracy >= 0.5 |
 
 Pure torch: no transformers import (detection reads class names and config attributes).
 """
