@@ -280,8 +280,10 @@ def build_model_and_tokenizer(model_args, data_args, raw, text_column):
 
 def blocks_of(raw, tokenizer, data_args, training_args, text_column):
     """Tokenize every split and cut it into blocks (the recipe's preprocessing)."""
+    eos = tokenizer.eos_token or ""
+
     def tokenize(batch):
-        return tokenizer([text + tokenizer.eos_token for text in batch[text_column]])
+        return tokenizer([text + eos for text in batch[text_column]])
 
     with training_args.main_process_first(desc="tokenize and group"):
         tokenized = raw.map(tokenize, batched=True, remove_columns=raw["train"].column_names,

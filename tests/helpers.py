@@ -53,3 +53,19 @@ def collate(features):
 def accuracy(eval_pred):
     logits, labels = eval_pred
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def augmented(dataset):
+    """Random flip and noise drawn from the global torch RNG on every read (`set_transform`), the shape
+    of the HF image recipe's random transforms."""
+    dataset = dataset.with_format(None)
+
+    def augment(batch):
+        pixels = torch.tensor(np.asarray(batch["pixel_values"], dtype=np.float32))
+        flip = torch.rand(len(pixels)) < 0.5
+        pixels[flip] = pixels[flip].flip(-1)
+        pixels = pixels + 0.3 * torch.randn_like(pixels)
+        return {"pixel_values": list(pixels), "label": batch["label"]}
+
+    dataset.set_transform(augment)
+    return dataset

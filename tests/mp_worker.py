@@ -37,7 +37,7 @@ from transformers import Trainer, TrainingArguments
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import collate, make_deit, make_image_dataset, make_vit  # noqa: E402
+from helpers import augmented, collate, make_deit, make_image_dataset, make_vit  # noqa: E402
 
 from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments  # noqa: E402
 from kakurenbo_hf.indexing import SAMPLE_INDEX_KEY  # noqa: E402
@@ -119,21 +119,6 @@ class RecordingTrainer(RecordingMixin, Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._init_records()
-
-
-def augmented(dataset):
-    """Random flip and noise drawn from the global torch RNG on every read (`set_transform`)."""
-    dataset = dataset.with_format(None)
-
-    def augment(batch):
-        pixels = torch.tensor(np.asarray(batch["pixel_values"], dtype=np.float32))
-        flip = torch.rand(len(pixels)) < 0.5
-        pixels[flip] = pixels[flip].flip(-1)
-        pixels = pixels + 0.3 * torch.randn_like(pixels)
-        return {"pixel_values": list(pixels), "label": batch["label"]}
-
-    dataset.set_transform(augment)
-    return dataset
 
 
 def run(spec: dict, out: str) -> None:

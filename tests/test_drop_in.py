@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from helpers import collate, make_image_dataset, make_vit
+from helpers import augmented, collate, make_image_dataset, make_vit
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
 from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
@@ -339,25 +339,10 @@ def test_broken_hiding_state_files_are_refused_with_their_path(tmp_path, train_s
 # --- 9. exact resume with random augmentation -------------------------------------------------
 
 
-def _augmented(data):
-    """The HF image recipe's shape: a random transform applied on the fly with set_transform."""
-    data = data.with_format(None)
-
-    def augment(batch):
-        pixels = torch.tensor(np.asarray(batch["pixel_values"], dtype=np.float32))
-        flip = torch.rand(len(pixels)) < 0.5
-        pixels[flip] = pixels[flip].flip(-1)
-        pixels = pixels + 0.3 * torch.randn_like(pixels)
-        return {"pixel_values": list(pixels), "label": batch["label"]}
-
-    data.set_transform(augment)
-    return data
-
-
 @pytest.fixture(scope="module")
 def augmented_run(tmp_path_factory, train_set):
     out = tmp_path_factory.mktemp("aug")
-    data = _augmented(train_set)
+    data = augmented(train_set)
     return out, data, _resumable(out / "full", data, save_steps=2, remove_unused_columns=False)
 
 
