@@ -17,7 +17,6 @@ from kakurenbo_hf import tasks
 from kakurenbo_hf.tasks import kernels
 from kakurenbo_hf.tasks import (
     CausalLMStatistics,
-    ClassificationStatistics,
     MultiLabelStatistics,
     RegressionStatistics,
     SegmentationStatistics,

@@ -13,7 +13,7 @@ per-sample (loss, confidence, correct) of the task table: the mean nll; the frac
 
 Memory. A language model's logits (batch x sequence x vocabulary) are the largest tensor of a
 training step. The statistics read them in chunks of at most `chunk_bytes` of float32 (default:
-1/40 of the logits, at least 4 MiB, at most 4 MiB on CPU, 256 MiB elsewhere), each converted to
+4 MiB on CPU; elsewhere 1/40 of the logits, between 4 MiB and 256 MiB), each converted to
 float32 on its own, under `torch.no_grad()`, with autocast off: the extra memory is one float32
 chunk, the log-softmax temporary of `cross_entropy` over it and a few (batch,) accumulators,
 never a float32 copy of the logits.
