@@ -18,10 +18,11 @@ from safetensors.numpy import save_file
 
 HIDING_STATE_NAME = "kakurenbo_state.safetensors"
 
-_ARRAYS = {"stats_loss": ("stats", "loss"), "stats_confidence": ("stats", "confidence"),
-           "stats_correct": ("stats", "correct"), "hidden": (None, "hidden"),
-           "order_rng_state": (None, "order_rng_state")}
-_OPTIONAL_ARRAYS = ("order_rng_state",)  # absent from files written before it existed
+# Arrays at the top level of the state; the groups' arrays are stored as "<group>_<name>".
+_TOP_ARRAYS = ("hidden", "order_rng_state", "weights", "draws")
+_REQUIRED_TOP = ("hidden",)  # the others are absent from files written before they existed
+_GROUPS = ("stats", "strategy")  # held by the table's rank only (loaded with `with_stats`)
+_REQUIRED_STATS = ("loss", "confidence", "correct")
 
 
 def _crc(array: np.ndarray) -> int:
@@ -31,11 +32,10 @@ def _crc(array: np.ndarray) -> int:
 def save_hiding_state(state: dict, folder: str) -> str:
     """Write `HidingEngine.state_dict()` to `folder/kakurenbo_state.safetensors`; returns the path."""
     os.makedirs(folder, exist_ok=True)
-    tensors = {}
-    for name, (group, key) in _ARRAYS.items():
-        source = state[group] if group else state
-        if key in source:
-            tensors[name] = np.ascontiguousarray(source[key])
+    tensors = {key: np.ascontiguousarray(state[key]) for key in _TOP_ARRAYS if key in state}
+    for group in _GROUPS:
+        for key, array in (state.get(group) or {}).items():
+            tensors[f"{group}_{key}"] = np.ascontiguousarray(array)
     metadata = {
         "format_version": str(state["format_version"]),
         "num_samples": str(state["num_samples"]),
@@ -63,7 +63,7 @@ def load_hiding_state(folder: str, with_stats: bool = True) -> dict | None:
         with safe_open(path, framework="numpy") as handle:
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()
-                       if with_stats or _ARRAYS.get(name, ("",))[0] != "stats"}
+                       if with_stats or _group_of(name) is None}
     except Exception as error:  # safetensors raises its own error types, without the path
         raise ValueError(
             f"{path} cannot be read as a kakurenbo_hf hiding state ({type(error).__name__}: {error}); the file is "
@@ -77,15 +77,25 @@ def load_hiding_state(folder: str, with_stats: bool = True) -> dict | None:
             "seed": int(metadata["seed"]),
             "plans": json.loads(metadata["plans"]),
             "stats": {},
+            "strategy": {},
         }
         checksums = json.loads(metadata["checksums"]) if "checksums" in metadata else {}
-        for name, (group, key) in _ARRAYS.items():
-            if name not in tensors and (name in _OPTIONAL_ARRAYS or (group == "stats" and not with_stats)):
-                continue
-            array = tensors[name]
+        required = list(_REQUIRED_TOP) + ([f"stats_{key}" for key in _REQUIRED_STATS] if with_stats else [])
+        missing = [name for name in required if name not in tensors]
+        if missing:
+            raise KeyError(f"arrays {missing} are missing")
+        for name, array in tensors.items():
             if name in checksums and _crc(array) != int(checksums[name]):
                 raise ValueError(f"array {name!r} does not match its checksum")
-            (state[group] if group else state)[key] = array
+            group = _group_of(name)
+            if group is not None:
+                state[group][name[len(group) + 1 :]] = array
+            elif name in _TOP_ARRAYS:
+                state[name] = array
     except (KeyError, ValueError, TypeError) as error:
         raise ValueError(f"{path} is not a valid kakurenbo_hf hiding state: {error}") from error
     return state
+
+
+def _group_of(name: str) -> str | None:
+    return next((group for group in _GROUPS if name.startswith(group + "_")), None)

@@ -156,6 +156,9 @@ class KakurenboArguments:
             raise ValueError(
                 f"hiding_strategy must be one of {available_strategies()}, got {self.hiding_strategy!r}"
             )
+        from .strategies.base import strategy_class
+
+        strategy_class(self.hiding_strategy).validate_arguments(self)
 
     def hiding_arguments(self) -> KakurenboArguments:
         """A plain `KakurenboArguments` copy of these fields (e.g. from a TrainingArguments subclass)."""

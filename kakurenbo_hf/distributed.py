@@ -39,18 +39,36 @@ class MainProcessTransport:
         return parts
 
 
-def broadcast_decision(hidden_bits: np.ndarray | None, plan: dict | None, num_bytes: int,
-                       device: torch.device) -> tuple[np.ndarray, dict]:
-    """Rank 0's (hidden bitmask, plan) on every rank: N/8 bytes plus a small object."""
-    payload = [plan]
-    dist.broadcast_object_list(payload, src=0, device=device if device.type != "cpu" else None)
+def broadcast_decision(hidden_bits: np.ndarray | None, plan: dict | None, num_bytes: int, device: torch.device,
+                       weights: np.ndarray | None = None, draws: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, dict, np.ndarray | None, np.ndarray | None]:
+    """Rank 0's (hidden bitmask, plan, loss weights, draws) on every rank.
+
+    N/8 bytes plus a small object; the weights (4 N bytes) and draws (8 bytes each) only for the
+    strategies that use them.
+    """
+    is_main = dist.get_rank() == 0
+    header = [(plan, None if weights is None else weights.size, None if draws is None else draws.size)]
+    dist.broadcast_object_list(header, src=0, device=device if device.type != "cpu" else None)
+    plan, num_weights, num_draws = header[0]
+    bits = _broadcast_array(hidden_bits if is_main else None, num_bytes, torch.uint8, device)
+    if num_weights is not None:
+        weights = _broadcast_array(weights if is_main else None, num_weights, torch.float32, device)
+    if num_draws is not None:
+        draws = _broadcast_array(draws.astype(np.int64) if is_main else None, num_draws, torch.int64, device)
+    return bits, plan, weights, draws
+
+
+def _broadcast_array(array: np.ndarray | None, size: int, dtype: torch.dtype, device: torch.device) -> np.ndarray:
+    """Rank 0's 1-d `array` (of `size` elements of `dtype`) on every rank."""
     if dist.get_rank() == 0:
-        bits = torch.from_numpy(np.ascontiguousarray(hidden_bits)).to(device)
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
     else:
-        bits = torch.empty(num_bytes, dtype=torch.uint8, device=device)
-    dist.broadcast(bits, src=0)
+        tensor = torch.empty(size, dtype=dtype, device=device)
+    dist.broadcast(tensor, src=0)
+    num_bytes = tensor.numel() * tensor.element_size()
     if dist.get_rank() == 0:
         TRAFFIC["sent"] += num_bytes * (dist.get_world_size() - 1)
     else:
         TRAFFIC["received"] += num_bytes
-    return bits.cpu().numpy(), payload[0]
+    return tensor.cpu().numpy()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 
@@ -54,6 +55,12 @@ class EpochPlan:
     # the order one optimizer step consumes there (batch size x processes x accumulation; 0: unknown).
     start_sample: int = 0
     samples_per_step: int = 0
+    num_draws: int = 0  # samples drawn with replacement (a multiset epoch); 0: every visible sample once
+
+    @property
+    def num_trained(self) -> int:
+        """Samples the epoch trains on (occurrences, for a multiset epoch)."""
+        return self.num_draws or self.num_samples - self.num_hidden
 
     def samples_done(self, global_step: int) -> int:
         """Samples of this epoch's order trained by `global_step` (needs `samples_per_step`)."""
@@ -87,9 +94,16 @@ class HidingEngine:
         self.holds_table = bool(holds_table)
         self.stats = SampleStats(self.num_samples) if holds_table else None
         self.strategy = build_strategy(
-            arguments.hiding_strategy, confidence_threshold=arguments.confidence_threshold, seed=self.seed
+            arguments.hiding_strategy, confidence_threshold=arguments.confidence_threshold, seed=self.seed,
+            arguments=arguments, num_samples=self.num_samples, num_epochs=self.num_epochs,
         )
+        if self.stats is not None and self.strategy.observes:
+            self.stats.on_update = partial(self.strategy.observe, self.stats)
         self.hidden_bits = np.zeros((self.num_samples + 7) // 8, dtype=np.uint8)  # the epoch's hidden set
+        # The epoch's per-sample loss weights (float32, N) and multiset of draws, when the strategy
+        # asks for them (see `HidingDecision`); None otherwise. Held by every rank.
+        self.weights: np.ndarray | None = None
+        self.draws: np.ndarray | None = None
         self.plans: list[EpochPlan] = []
         # The RNG state an order rule that draws from the global RNG (length grouping) used for the
         # current epoch: a resume redraws the same order from it. Empty when unused.
@@ -163,8 +177,10 @@ class HidingEngine:
         else:
             decision = nothing
         self.hidden = decision.hidden
+        self.weights, self.draws = decision.weights, decision.draws
+        trained = decision.draws.size if decision.draws is not None else self.num_samples - decision.num_hidden
         factor = 1.0 if no_statistics else lr_factor(
-            self.arguments.lr_compensation, target, decision.num_hidden / self.num_samples
+            self.arguments.lr_compensation, target, 1.0 - trained / self.num_samples
         )
         plan = EpochPlan(
             epoch=epoch,
@@ -174,6 +190,7 @@ class HidingEngine:
             moved_back=decision.moved_back,
             lr_factor=factor,
             num_samples=self.num_samples,
+            num_draws=0 if decision.draws is None else int(decision.draws.size),
         )
         self.plans.append(plan)
         logger.info(
@@ -196,19 +213,39 @@ class HidingEngine:
                 f"strategy {self.arguments.hiding_strategy!r} returned a hidden mask of shape {hidden.shape} and dtype "
                 f"{hidden.dtype}; expected a bool mask of shape ({self.num_samples},)"
             )
-        limit = num_candidates(self.num_samples, target)
+        name = self.arguments.hiding_strategy
+        limit = num_candidates(self.num_samples, target) if self.strategy.uses_hiding_fraction else self.num_samples - 1
         if decision.num_hidden > limit or decision.num_hidden >= self.num_samples:
             raise ValueError(
-                f"strategy {self.arguments.hiding_strategy!r} hid {decision.num_hidden} of {self.num_samples} samples "
-                f"in epoch {epoch}, more than floor(F_e * N) = {limit} (F_e = {target:g}); an epoch must keep samples"
+                f"strategy {name!r} hid {decision.num_hidden} of {self.num_samples} samples in epoch {epoch}, more "
+                f"than {limit} (the most it may: floor(F_e * N) with F_e = {target:g}, and fewer than N); an epoch "
+                "must keep samples"
             )
+        if decision.weights is not None and (
+            decision.weights.shape != (self.num_samples,) or decision.weights.dtype != np.float32
+            or not np.isfinite(decision.weights).all() or (decision.weights < 0).any()
+        ):
+            raise ValueError(f"strategy {name!r} returned loss weights that are not finite non-negative float32 of "
+                             f"shape ({self.num_samples},)")
+        if decision.draws is not None:
+            draws = decision.draws
+            if draws.ndim != 1 or draws.size == 0 or draws.dtype.kind not in "iu" or draws.min() < 0 \
+                    or draws.max() >= self.num_samples:
+                raise ValueError(f"strategy {name!r} returned draws that are not a non-empty 1-d array of sample "
+                                 f"indices in [0, {self.num_samples})")
+            drawn = np.zeros(self.num_samples, dtype=bool)
+            drawn[draws] = True
+            if not np.array_equal(drawn, ~hidden):
+                raise ValueError(f"strategy {name!r}: the hidden set must be exactly the samples not drawn")
 
-    def adopt(self, plan: EpochPlan, hidden_bits: np.ndarray) -> None:
-        """Take the plan and hidden set the table holder chose (ranks without the table)."""
+    def adopt(self, plan: EpochPlan, hidden_bits: np.ndarray, weights: np.ndarray | None = None,
+              draws: np.ndarray | None = None) -> None:
+        """Take the plan, hidden set, loss weights and draws the table holder chose (other ranks)."""
         hidden_bits = np.asarray(hidden_bits, dtype=np.uint8).reshape(-1)
         if hidden_bits.shape != self.hidden_bits.shape:
             raise ValueError(f"hidden bitmask must have {self.hidden_bits.size} bytes, got {hidden_bits.size}")
         self.hidden_bits = hidden_bits.copy()
+        self.weights, self.draws = weights, draws
         if self.plans and self.plans[-1].epoch == plan.epoch:
             self.plans[-1] = plan
         else:
@@ -230,6 +267,9 @@ class HidingEngine:
             "stats": self.stats.state_dict() if self.stats is not None else {},
             "plans": [asdict(plan) for plan in self.plans],
             "order_rng_state": self.order_rng_state.copy(),
+            "weights": self.weights.copy() if self.weights is not None else np.zeros(0, dtype=np.float32),
+            "draws": self.draws.astype(np.int64) if self.draws is not None else np.zeros(0, dtype=np.int64),
+            "strategy": self.strategy.state_dict() if self.stats is not None else {},
         }
 
     @staticmethod
@@ -259,6 +299,7 @@ class HidingEngine:
         self.check_state(state, self.num_samples)
         if self.stats is not None:
             self.stats.load_state_dict(state["stats"])
+            self.strategy.load_state_dict(state.get("strategy") or {})
         if int(state["seed"]) != self.seed:
             logger.warning("resuming with the saved hiding seed %d (this run's seed is %d)", int(state["seed"]), self.seed)
             self.seed = int(state["seed"])
@@ -266,3 +307,6 @@ class HidingEngine:
         self.hidden = np.asarray(state["hidden"], dtype=bool).copy()
         self.plans = [EpochPlan(**plan) for plan in state["plans"]]
         self.order_rng_state = np.asarray(state.get("order_rng_state", np.zeros(0)), dtype=np.uint8).copy()
+        weights, draws = state.get("weights"), state.get("draws")
+        self.weights = np.asarray(weights, dtype=np.float32).copy() if weights is not None and len(weights) else None
+        self.draws = np.asarray(draws, dtype=np.int64).copy() if draws is not None and len(draws) else None

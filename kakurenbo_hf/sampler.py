@@ -17,6 +17,9 @@ number of visible samples of the current epoch (less `start` after a resume that
       RNG then advances as if the draw had used it: the plain Trainer's samplers draw from the
       global RNG, so at F=0 the order is theirs. That state is kept (`order_rng_state`) so that a
       resume redraws the same order without touching the global RNG.
+- Multiset epochs (`set_draws`, for strategies that sample with replacement): the epoch is the
+  given draws instead of the visible set, ordered by the same rules (a sample drawn twice is
+  trained twice).
 - `set_epoch` is idempotent: Trainer and accelerate both call it.
 
 Deliberately not a `RandomSampler` subclass (accelerate would swap it for its own) and without a
@@ -73,6 +76,7 @@ class HidingSampler(Sampler[int]):
         self.order_rng_state: np.ndarray = np.zeros(0, dtype=np.uint8)
         self._replay_rng_state = False  # True: order_rng_state was restored for the current epoch
         self._order: np.ndarray | None = None
+        self._draws: np.ndarray | None = None  # the epoch's multiset (sorted), or None
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -83,8 +87,8 @@ class HidingSampler(Sampler[int]):
 
     def set_start(self, start: int) -> None:
         """Start the current epoch's iteration at position `start` of its order."""
-        if not 0 <= start <= self.num_visible:
-            raise ValueError(f"start must be in [0, {self.num_visible}], got {start}")
+        if not 0 <= start <= self.epoch_size:
+            raise ValueError(f"start must be in [0, {self.epoch_size}], got {start}")
         self.start = int(start)
 
     def restore_order_rng_state(self, state: np.ndarray) -> None:
@@ -100,9 +104,7 @@ class HidingSampler(Sampler[int]):
             raise ValueError(f"hidden mask must have shape ({self.num_samples},), got {hidden.shape}")
         self._hidden_bits = np.packbits(hidden)
         self._num_hidden = int(np.count_nonzero(hidden))
-        self.start = 0
-        self._replay_rng_state = False
-        self._order = None
+        self._reset_epoch_order()
 
     def set_hidden_bits(self, bits: np.ndarray) -> None:
         """`set_hidden` from a packed bitmask (`np.packbits` of the mask, N/8 bytes), unpacked in chunks."""
@@ -110,7 +112,22 @@ class HidingSampler(Sampler[int]):
         if bits.size != (self.num_samples + 7) // 8:
             raise ValueError(f"hidden bitmask must have {(self.num_samples + 7) // 8} bytes, got {bits.size}")
         self._hidden_bits = bits.copy()
-        self._num_hidden = self.num_samples - int(self.visible_indices().size)
+        self._num_hidden = _count_bits(self._hidden_bits, self.num_samples)
+        self._reset_epoch_order()
+
+    def set_draws(self, draws: np.ndarray | None) -> None:
+        """Make the current epoch the multiset `draws` (sample indices, repeats allowed); None: the
+        visible set. Call after `set_hidden`/`set_hidden_bits` (which clear it)."""
+        if draws is not None:
+            draws = np.sort(np.asarray(draws).reshape(-1)).astype(np.int64)
+            if draws.size == 0 or draws[0] < 0 or draws[-1] >= self.num_samples:
+                raise ValueError(f"draws must be a non-empty array of sample indices in [0, {self.num_samples})")
+        self._draws = draws
+        self._reset_epoch_order(clear_draws=False)
+
+    def _reset_epoch_order(self, clear_draws: bool = True) -> None:
+        if clear_draws:
+            self._draws = None
         self.start = 0
         self._replay_rng_state = False
         self._order = None
@@ -118,6 +135,11 @@ class HidingSampler(Sampler[int]):
     @property
     def num_visible(self) -> int:
         return self.num_samples - self._num_hidden
+
+    @property
+    def epoch_size(self) -> int:
+        """Samples the epoch yields from its start: the visible ones, or the draws of a multiset epoch."""
+        return self._draws.size if self._draws is not None else self.num_visible
 
     @property
     def hidden(self) -> np.ndarray:
@@ -143,19 +165,25 @@ class HidingSampler(Sampler[int]):
             if self.order == "random":
                 self._order = self._random_order()
             elif self.order == "sequential":
-                self._order = self.visible_indices()
+                self._order = self._members()
             else:
                 self._order = self._custom_order()
         return self._order
 
+    def _members(self) -> np.ndarray:
+        """The epoch's samples, ascending: the draws of a multiset epoch, else the visible indices."""
+        return self._draws if self._draws is not None else self.visible_indices()
+
     def _random_order(self) -> np.ndarray:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        num_visible = self.num_visible
+        size = self.epoch_size
         # int32 draws the same permutation as the default int64, faster and in half the memory.
-        dtype = torch.int32 if num_visible < 2**31 else torch.int64
-        permutation = torch.randperm(num_visible, generator=generator, dtype=dtype).numpy()
-        # Permuting the visible indices, not filtering a permutation of all N: half the time.
-        return self.visible_indices()[permutation] if num_visible < self.num_samples else permutation
+        dtype = torch.int32 if size < 2**31 else torch.int64
+        permutation = torch.randperm(size, generator=generator, dtype=dtype).numpy()
+        if self._draws is None and size == self.num_samples:
+            return permutation  # nothing hidden: the plain Trainer's order itself
+        # Permuting the members, not filtering a permutation of all N: half the time.
+        return self._members()[permutation]
 
     def _custom_order(self) -> np.ndarray:
         generator = torch.Generator()
@@ -165,10 +193,10 @@ class HidingSampler(Sampler[int]):
             state = torch.random.get_rng_state()
             self.order_rng_state = state.numpy().copy()
             generator.set_state(state)
-        visible = self.visible_indices().astype(np.int64)
+        visible = self._members().astype(np.int64)
         order = np.asarray(self.order_fn(visible, generator), dtype=np.int64)
         if order.shape != visible.shape or not np.array_equal(np.sort(order), visible):
-            raise ValueError("order_fn must return a permutation of the visible indices it was given")
+            raise ValueError("order_fn must return a permutation of the indices it was given")
         if not self._replay_rng_state:
             torch.random.set_rng_state(generator.get_state())  # as if the draw had used the global RNG
         return order
@@ -179,4 +207,13 @@ class HidingSampler(Sampler[int]):
             yield from order[start : start + (1 << 16)].tolist()
 
     def __len__(self) -> int:
-        return self.num_visible - self.start
+        return self.epoch_size - self.start
+
+
+def _count_bits(bits: np.ndarray, count: int) -> int:
+    """Set bits among the first `count` of a packed bitmask (big-endian bits, as `np.packbits`)."""
+    full, rest = divmod(count, 8)
+    total = int(np.bitwise_count(bits[:full]).sum(dtype=np.int64))
+    if rest:  # ignore the padding bits of the last byte
+        total += int(np.bitwise_count(bits[full] & np.uint8((0xFF << (8 - rest)) & 0xFF)))
+    return total

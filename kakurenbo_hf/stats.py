@@ -60,6 +60,9 @@ class SampleStats:
         self.confidence = np.zeros(self.num_samples, dtype=np.float16)
         self.correct = np.zeros(self.num_samples, dtype=bool)
         self.num_updates = 0  # writes since this table was made (not checkpointed)
+        # fn(indices, loss, confidence, correct), called with the new values before they are written
+        # (the table still holds the old ones): strategies that keep per-sample histories.
+        self.on_update = None
 
     def update(self, indices, loss, confidence, correct) -> None:
         """Write the values of the samples `indices` (array-likes or CPU tensors of equal length).
@@ -76,9 +79,12 @@ class SampleStats:
             raise IndexError(f"sample index out of range [0, {self.num_samples}): {indices.min()}..{indices.max()}")
         loss = _as_numpy(loss).astype(np.float32, copy=True)
         loss[np.isnan(loss)] = np.inf  # a diverged sample: treated as unseen, never hidden
+        confidence, correct = _as_numpy(confidence), _as_numpy(correct).astype(bool, copy=False)
+        if self.on_update is not None:
+            self.on_update(indices, loss, confidence, correct)
         self.loss[indices] = loss
-        self.confidence[indices] = _as_numpy(confidence)
-        self.correct[indices] = _as_numpy(correct)
+        self.confidence[indices] = confidence
+        self.correct[indices] = correct
         self.num_updates += 1
 
     @property

@@ -115,6 +115,9 @@ class KakurenboMixin:
         self._resumed_hiding_state: dict | None = None
         self._resume = _ResumePoint()
         self._rng_before_last_read: dict | None = None
+        self._sample_counts = [0, 0]  # this rank's training samples forwarded, backpropagated
+        # After train(): {"forwarded", "backpropagated", "refresh_forwarded"}, summed over ranks.
+        self.sample_counters: dict[str, int] | None = None
 
     # --- arguments and data ------------------------------------------------------------------
 
@@ -242,6 +245,7 @@ class KakurenboMixin:
         if sample_indices is not None and model.training and self._recorder is not None:
             sample_loss, confidence, correct = self.per_sample_statistics_fn(outputs, labels)
             self._recorder.add(sample_indices, sample_loss, confidence, correct, step=self.state.global_step)
+            self._count_samples(len(sample_indices), len(sample_indices))
         return (loss, outputs) if return_outputs else loss
 
     def _flush_statistics(self) -> None:
@@ -297,10 +301,12 @@ class KakurenboMixin:
         refresh_seconds = time.perf_counter() - started if len(to_refresh) else 0.0
         plan = engine.plan_epoch(epoch) if engine.holds_table else None
         if self.accelerator.num_processes > 1:  # decided once, on the main process; the others adopt it
-            bits, values = broadcast_decision(engine.hidden_bits if plan else None, asdict(plan) if plan else None,
-                                              engine.hidden_bits.size, self.args.device)
+            bits, values, weights, draws = broadcast_decision(
+                engine.hidden_bits if plan else None, asdict(plan) if plan else None, engine.hidden_bits.size,
+                self.args.device, weights=engine.weights, draws=engine.draws,
+            )
             if not engine.holds_table:
-                engine.adopt(EpochPlan(**values), bits)
+                engine.adopt(EpochPlan(**values), bits, weights=weights, draws=draws)
             plan = engine.current_plan
         plan.refresh_seconds = refresh_seconds
         plan.num_refreshed = int(len(to_refresh))
@@ -323,6 +329,7 @@ class KakurenboMixin:
         continued = engine.current_plan is not None and engine.current_plan.epoch == epoch
         plan = engine.current_plan if continued else self._plan_epoch(model, epoch)
         sampler.set_hidden_bits(engine.hidden_bits)
+        sampler.set_draws(engine.draws)
         sampler.set_epoch(epoch)
         if continued:
             sampler.set_start(plan.start_sample)
@@ -339,7 +346,7 @@ class KakurenboMixin:
             logger.warning(
                 "Resumed epoch %d with %d samples per optimizer step (the checkpoint used %d): continuing at "
                 "sample %d of %d of the epoch's order.",
-                epoch, self._samples_per_step(), resume.saved_samples_per_step, done, sampler.num_visible,
+                epoch, self._samples_per_step(), resume.saved_samples_per_step, done, sampler.epoch_size,
             )
         elif not continued:
             plan.start_step = self.state.global_step
@@ -391,6 +398,7 @@ class KakurenboMixin:
 
     def train(self, *args, **kwargs):
         self._resumed_hiding_state = None  # set again by _load_from_checkpoint when resuming
+        self._sample_counts = [0, 0]
         return super().train(*args, **kwargs)
 
     def _inner_training_loop(self, *args, **kwargs):
@@ -473,8 +481,26 @@ class KakurenboMixin:
     def _finalize_training(self, trial, num_train_samples, start_time):
         # The Trainer assumes full epochs; count the samples really trained for its speed metrics.
         if self.hiding_engine is not None and self.hiding_engine.enabled:
-            num_train_samples = sum(plan.num_samples - plan.num_hidden for plan in self.hiding_engine.plans)
+            num_train_samples = sum(plan.num_trained for plan in self.hiding_engine.plans)
+        self._total_sample_counters()
         return super()._finalize_training(trial, num_train_samples, start_time)
+
+    def _count_samples(self, forwarded: int, backpropagated: int) -> None:
+        self._sample_counts[0] += forwarded
+        self._sample_counts[1] += backpropagated
+
+    def _total_sample_counters(self) -> None:
+        """`sample_counters`: samples this `train()` call forwarded and backpropagated, all ranks summed."""
+        counts = torch.tensor(self._sample_counts, dtype=torch.int64, device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        forwarded, backpropagated = (int(value) for value in counts.tolist())
+        plans = self.hiding_engine.plans if self.hiding_engine is not None else []
+        self.sample_counters = {
+            "forwarded": forwarded,
+            "backpropagated": backpropagated,
+            "refresh_forwarded": sum(plan.num_refreshed for plan in plans),
+        }
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
         epochs_trained, steps_trained = super()._init_training_state(

@@ -2,7 +2,18 @@
 
 A strategy is a small class registered under a name. Adding one is a one-file change: write
 `strategies/<name>.py` with a class decorated by `@register_strategy("<name>")`; every module of
-this package is imported on first use, so `hiding_strategy="<name>"` finds it.
+this package is imported on first use, so `hiding_strategy="<name>"` finds it. Its knobs are
+fields of `KakurenboArguments` (prefixed by the strategy's name), checked by its
+`validate_arguments`.
+
+What a strategy can ask of the trainer, beyond a hidden set per epoch (all optional):
+
+- `observe`: see every value before the table takes it (per-sample histories: forgetting events,
+  running moments). Runs where the table is (the main process).
+- `state_dict` / `load_state_dict`: arrays that an exact resume needs (checkpointed with the table).
+- `HidingDecision.weights`: per-sample loss weights for the epoch (the trainer then backpropagates
+  the weighted per-sample loss instead of the model's mean; see the README).
+- `HidingDecision.draws`: the epoch's samples drawn with replacement (a multiset sampler).
 """
 
 from __future__ import annotations
@@ -24,6 +35,11 @@ class HidingDecision:
     hidden: np.ndarray  # bool mask over all samples: True = left out of this epoch
     num_candidates: int  # K = floor(F_e * N), the most the rule could hide
     moved_back: int  # candidates kept visible (wrong or unconfident)
+    # float32 (N,): the loss weight of each sample in this epoch; None = the model's own loss.
+    weights: np.ndarray | None = None
+    # int (D,): the epoch's samples drawn with replacement (each occurrence trained once, in an
+    # order the sampler draws); None = every visible sample once. Samples never drawn are hidden.
+    draws: np.ndarray | None = None
 
     @property
     def num_hidden(self) -> int:
@@ -33,13 +49,52 @@ class HidingDecision:
 class HidingStrategy(ABC):
     """Chooses the hidden set at the start of an epoch.
 
-    `select` must be a pure function of (stats, target fraction, epoch) and the strategy's own
-    configuration (seed included): every rank calls it on identical inputs and must agree.
+    `select` must be a pure function of (stats, target fraction, epoch), the values it observed
+    and the strategy's own configuration (seed included): it runs on one rank, whose decision
+    every rank adopts, and a resume must reproduce it.
+
+    Args:
+        confidence_threshold: tau of the rules that move back unconfident candidates.
+        seed: seeds every random draw (with the epoch).
+        arguments: the run's `KakurenboArguments` (a strategy reads its own knobs there).
+        num_samples: N, the training set's size.
+        num_epochs: epochs of the run (for rules that change over training).
     """
 
-    def __init__(self, confidence_threshold: float = 0.7, seed: int = 0):
+    # Hides at most floor(F_e * N) samples (checked by the engine). False: the strategy's own
+    # rule sets how many (it must still keep at least one sample).
+    uses_hiding_fraction: bool = True
+
+    def __init__(self, confidence_threshold: float = 0.7, seed: int = 0, *, arguments=None,
+                 num_samples: int = 0, num_epochs: int = 1):
         self.confidence_threshold = float(confidence_threshold)
         self.seed = int(seed)
+        self.arguments = arguments
+        self.num_samples = int(num_samples)
+        self.num_epochs = int(num_epochs)
+
+    @classmethod
+    def validate_arguments(cls, arguments) -> None:
+        """Raise `ValueError` naming the field if one of this strategy's knobs is out of range."""
+
+    def observe(self, stats: SampleStats, indices: np.ndarray, loss: np.ndarray, confidence: np.ndarray,
+                correct: np.ndarray) -> None:
+        """Values about to be written to `stats` (which still holds the previous ones), oldest first.
+
+        Called where the table is, for training and refresh records alike. Default: nothing.
+        """
+
+    @property
+    def observes(self) -> bool:
+        return type(self).observe is not HidingStrategy.observe
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Arrays an exact resume needs (names without dots). Default: none."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        if state:
+            raise ValueError(f"strategy {type(self).__name__} keeps no state, got {sorted(state)}")
 
     @abstractmethod
     def select(self, stats: SampleStats, target_fraction: float, epoch: int) -> HidingDecision:
@@ -78,8 +133,13 @@ def available_strategies() -> tuple[str, ...]:
     return tuple(sorted(_registry()))
 
 
-def build_strategy(name: str, **kwargs) -> HidingStrategy:
+def strategy_class(name: str) -> type[HidingStrategy]:
     registry = _registry()
     if name not in registry:
         raise ValueError(f"unknown hiding strategy {name!r}; available: {available_strategies()}")
-    return registry[name](**kwargs)
+    return registry[name]
+
+
+def build_strategy(name: str, **kwargs) -> HidingStrategy:
+    """The strategy registered as `name`, built with `kwargs` (see `HidingStrategy`)."""
+    return strategy_class(name)(**kwargs)
