@@ -19,7 +19,8 @@ tiny ViT or DeiT on generated data. Every rank writes, under `DIR/<name>/`:
 Run options (keys of a `--runs` entry, all optional except `name`): `trainer` ("kakurenbo" or
 "plain"), `model` ("vit" or "deit"), `num_samples`, `epochs`, `batch_size`, `hiding_fraction`,
 `confidence_threshold`, `learning_rate`, `save_steps` (0: no checkpoints), `resume` (checkpoint
-path), `seed`, `augment` (a random flip + noise through `set_transform`, as the HF image recipe).
+path), `seed`, `augment` (a random flip + noise through `set_transform`, as the HF image recipe),
+`hiding` (a dict of further `KakurenboTrainingArguments` fields, e.g. a strategy and its knobs).
 Without `accelerate launch` (plain `python tests/mp_worker.py ...`) it runs in one process.
 """
 
@@ -158,6 +159,7 @@ def run(spec: dict, out: str) -> None:
             hiding_fraction=float(spec.get("hiding_fraction", 0.5)),
             confidence_threshold=float(spec.get("confidence_threshold", 0.1)),
             refresh_fraction=float(spec.get("refresh_fraction", 1.0)),
+            **spec.get("hiding", {}),
             **common,
         )
         trainer_cls = RecordingKakurenboTrainer
@@ -184,6 +186,7 @@ def run(spec: dict, out: str) -> None:
     records["final_lr"] = float(trainer.optimizer.param_groups[0]["lr"])
     engine = getattr(trainer, "hiding_engine", None)
     records["plans"] = engine.state_dict()["plans"] if engine is not None else []
+    records["sample_counters"] = getattr(trainer, "sample_counters", None)
     with open(os.path.join(folder, f"rank{rank}.json"), "w") as handle:
         json.dump(records, handle)
     weights = {key: value.detach().cpu().contiguous().clone() for key, value in trainer.model.state_dict().items()}
