@@ -251,6 +251,30 @@ class HidingEngine:
         else:
             self.plans.append(plan)
 
+    def note_refresh(self, seconds: float, num_refreshed: int) -> None:
+        """The refresh pass that preceded the current epoch's selection took `seconds` for `num_refreshed` samples."""
+        self.current_plan.refresh_seconds = float(seconds) if num_refreshed else 0.0
+        self.current_plan.num_refreshed = int(num_refreshed)
+
+    def time_epoch(self, samples_per_step: int, update_steps: int, start_step: int | None = None) -> None:
+        """How the current epoch (segment) runs: optimizer steps, samples per step, and (at its start) its first step.
+
+        Kept in the plan so that a resume, on the same or another number of processes, knows where it is.
+        """
+        plan = self.current_plan
+        if start_step is not None:
+            plan.start_step = int(start_step)
+        plan.samples_per_step = int(samples_per_step)
+        plan.update_steps = int(update_steps)
+
+    def continue_epoch_at(self, global_step: int) -> int:
+        """Resumed with another number of samples per step: the current epoch's new segment starts at
+        `global_step`, at the first sample of its order not yet trained (returned)."""
+        plan = self.current_plan
+        done = plan.samples_done(global_step)
+        plan.start_sample, plan.start_step = done, int(global_step)
+        return done
+
     @property
     def current_plan(self) -> EpochPlan | None:
         return self.plans[-1] if self.plans else None

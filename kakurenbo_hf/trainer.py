@@ -307,10 +307,8 @@ class KakurenboMixin:
             )
             if not engine.holds_table:
                 engine.adopt(EpochPlan(**values), bits, weights=weights, draws=draws)
-            plan = engine.current_plan
-        plan.refresh_seconds = refresh_seconds
-        plan.num_refreshed = int(len(to_refresh))
-        return plan
+        engine.note_refresh(refresh_seconds, len(to_refresh))
+        return engine.current_plan
 
     def _samples_per_step(self) -> int:
         """Samples of the epoch's order one optimizer step consumes (all ranks, all micro-batches)."""
@@ -340,21 +338,18 @@ class KakurenboMixin:
         if resume.new_geometry and continued:
             # Resumed on another number of processes or batch size: go on at the first sample not
             # yet trained, with the epoch's remaining steps counted in the new geometry.
-            done = plan.samples_done(self.state.global_step)
-            plan.start_sample, plan.start_step = done, self.state.global_step
+            done = engine.continue_epoch_at(self.state.global_step)
             sampler.set_start(done)
             logger.warning(
                 "Resumed epoch %d with %d samples per optimizer step (the checkpoint used %d): continuing at "
                 "sample %d of %d of the epoch's order.",
                 epoch, self._samples_per_step(), resume.saved_samples_per_step, done, sampler.epoch_size,
             )
-        elif not continued:
-            plan.start_step = self.state.global_step
-        plan.samples_per_step = self._samples_per_step()
         if engine.enabled or plan.start_sample:
             steps_in_epoch = len(train_dataloader)
             num_update_steps_per_epoch = max(math.ceil(steps_in_epoch / self.args.gradient_accumulation_steps), 1)
-        plan.update_steps = num_update_steps_per_epoch
+        engine.time_epoch(self._samples_per_step(), num_update_steps_per_epoch,
+                          start_step=None if continued else self.state.global_step)
         scheduler = find_virtual_scheduler(self.lr_scheduler)
         if scheduler is not None:
             if resume.new_geometry and continued:

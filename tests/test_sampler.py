@@ -8,6 +8,8 @@ import torch
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler, RandomSampler
 
+from kakurenbo_hf import sampler as sampler_module
+from kakurenbo_hf.permutation import KeyedPermutation
 from kakurenbo_hf.sampler import HidingSampler
 
 
@@ -35,8 +37,10 @@ def test_hidden_removed_and_visible_set_shuffled_by_seed_and_epoch():
     sampler.set_hidden(hidden)
     order = list(sampler)
     visible = np.flatnonzero(~hidden)
-    expected = [int(visible[j]) for j in plain_trainer_order(len(visible), seed, epoch)]
+    permutation = KeyedPermutation(len(visible), key=(seed, epoch, sampler_module._ORDER_KEY))
+    expected = visible[permutation(np.arange(len(visible)))].tolist()
     assert order == expected
+    assert sampler.epoch_order().tolist() == expected  # materialised or lazy: one order
     assert len(sampler) == len(order) == int((~hidden).sum()) == sampler.num_visible
     assert not any(hidden[i] for i in order)
     assert sorted(order) == np.flatnonzero(~hidden).tolist()  # each visible index exactly once
@@ -178,3 +182,32 @@ def test_hidden_bits_give_the_same_epoch_as_the_mask():
     assert np.array_equal(b.hidden, mask)
     with pytest.raises(ValueError, match="bytes"):
         b.set_hidden_bits(np.zeros(3, dtype=np.uint8))
+
+
+def test_resume_start_continues_the_lazy_order():
+    """After a resume mid-epoch the iteration continues exactly where the order was."""
+    hidden = random_mask(1000, 0.4, seed=2)
+    full = HidingSampler(1000, seed=5)
+    full.set_epoch(2)
+    full.set_hidden(hidden)
+    order = list(full)
+    resumed = HidingSampler(1000, seed=5)
+    resumed.set_epoch(2)
+    resumed.set_hidden(hidden)
+    resumed.set_start(317)
+    assert list(resumed) == order[317:]
+    assert len(resumed) == len(order) - 317
+
+
+def test_multiset_epoch_yields_each_draw_once():
+    sampler = HidingSampler(20, seed=1)
+    hidden = np.ones(20, dtype=bool)
+    draws = np.array([3, 3, 7, 0, 19, 7, 7])
+    hidden[draws] = False
+    sampler.set_epoch(1)
+    sampler.set_hidden(hidden)
+    sampler.set_draws(draws)
+    order = list(sampler)
+    assert sorted(order) == sorted(draws.tolist()) and len(sampler) == 7
+    sampler.set_hidden(hidden)  # a new hidden set clears the draws
+    assert sorted(sampler) == [0, 3, 7, 19]
