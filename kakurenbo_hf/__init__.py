@@ -20,6 +20,12 @@ _LAZY = {
     "KakurenboMixin": "trainer",
     "default_per_sample_statistics": "trainer",
     "KakurenboTrainingArguments": "training_args",
+    "KakurenboSeq2SeqTrainer": "integrations",
+    "KakurenboSFTTrainer": "integrations",
+    "with_hiding": "integrations",
+    "KakurenboSeq2SeqTrainingArguments": "integrations",
+    "KakurenboSFTConfig": "integrations",
+    "with_hiding_arguments": "integrations",
 }
 
 
@@ -38,6 +44,10 @@ __all__ = [
     "HidingStrategy",
     "KakurenboArguments",
     "KakurenboMixin",
+    "KakurenboSFTConfig",
+    "KakurenboSFTTrainer",
+    "KakurenboSeq2SeqTrainer",
+    "KakurenboSeq2SeqTrainingArguments",
     "KakurenboTrainer",
     "KakurenboTrainingArguments",
     "SampleStats",
@@ -46,4 +56,6 @@ __all__ = [
     "default_per_sample_statistics",
     "per_sample_statistics",
     "register_strategy",
+    "with_hiding",
+    "with_hiding_arguments",
 ]

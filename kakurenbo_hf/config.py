@@ -40,7 +40,8 @@ class KakurenboArguments:
         default=0.7,
         metadata={
             "help": "tau in [0, 1]: a low-loss candidate is hidden only if it was predicted correctly "
-            "with top-class probability >= tau; otherwise it is moved back."
+            "with confidence >= tau (classification: the top-class probability; other tasks: see the README's "
+            "table of built-in statistics); otherwise it is moved back."
         },
     )
     hiding_decay_milestones: list[float] = field(

@@ -203,3 +203,12 @@ def test_training_arguments_subclass(tmp_path):
         hf_parser.parse_args_into_dataclasses(args=["--output_dir", str(tmp_path), "--hiding_fraction", "-0.1"])
     with pytest.raises(ValueError, match="lr_compensation"):
         KakurenboTrainingArguments(output_dir=str(tmp_path), lr_compensation="foo", report_to="none")
+
+
+def test_integrations_are_exported_at_the_top_level():
+    import kakurenbo_hf
+    from kakurenbo_hf import integrations
+
+    for name in ("KakurenboSeq2SeqTrainer", "KakurenboSeq2SeqTrainingArguments", "with_hiding", "with_hiding_arguments"):
+        assert getattr(kakurenbo_hf, name) is getattr(integrations, name)
+        assert name in kakurenbo_hf.__all__
