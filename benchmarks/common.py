@@ -134,7 +134,20 @@ def fmt_mean_std(values, scale: float = 1.0, digits: int = 3, suffix: str = "", 
 
 
 @dataclass
-class Workload:
+class Training:
+    """The training fields `make_trainer` reads (AdamW with warm-up and a schedule); reference defaults."""
+
+    epochs: int = 12
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.05
+    lr_scheduler: str = "cosine"
+
+
+@dataclass
+class Workload(Training):
     """Every size of the reference workload (flags of the same names, dashes for underscores)."""
 
     dataset: str = "fractal"  # fractal | synthetic (class templates + noise, no generator needed)
@@ -151,13 +164,6 @@ class Workload:
     num_layers: int = 4
     num_heads: int = 4
     mlp_ratio: int = 2
-    epochs: int = 12
-    batch_size: int = 32
-    eval_batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_ratio: float = 0.05
-    lr_scheduler: str = "cosine"
     extra: dict = field(default_factory=dict)
 
 
@@ -436,8 +442,7 @@ def make_trainer(
 ):
     """A `Trainer` (baseline) or `KakurenboTrainer` with identical training arguments.
 
-    `w` is a `Workload` or any object with its training fields (epochs, batch_size,
-    eval_batch_size, lr, weight_decay, warmup_ratio, lr_scheduler); `data_collator` defaults to
+    `w` is a `Training` (a `Workload` is one); `data_collator` defaults to
     `collate` (image rows); `use_cpu=False` lets the Trainer pick an accelerator.
     """
     from transformers import Trainer, TrainingArguments
