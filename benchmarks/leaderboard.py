@@ -49,7 +49,8 @@ and its paired delta to plain (points); time to accuracy: the cumulative train t
 method's per-epoch top-1 first reaches plain's final top-1 (same seed) minus 0.5 pt, as a ratio to
 plain's own time to that accuracy ("never" where it is not reached; the mean is over the seeds
 that reach it); and the verdicts: time saving >= 20%? delta >= -0.5 pt? Rows are ranked by time
-to accuracy. Outputs (`--output`, default benchmarks/results/leaderboard.json): the JSON record,
+to accuracy. The JSON also holds each run's train CPU time (this process's, steadier than wall
+time when other jobs share the CPU) and its paired ratio, per-epoch curves and hidden counts. Outputs (`--output`, default benchmarks/results/leaderboard.json): the JSON record,
 `leaderboard.md` beside it, and the plots `leaderboard_accuracy_vs_time.png` (a panel per
 workload, a line per method: mean over seeds of the per-epoch top-1 vs cumulative train time) and
 `leaderboard_pareto.png` (time saving vs top-1 delta, a point per workload and method).
@@ -139,9 +140,9 @@ def run_one(method: Method, seed: int, wl: workloads.Prepared) -> dict:
     trainer = common.make_trainer(method.spec, wl.settings, model, wl.train, wl.test, seed, out_dir,
                                   callbacks=[timer.callback], data_collator=wl.collate, use_cpu=not _cuda())
     trainer.remove_callback(PrinterCallback)  # one line per run, printed below
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     result = trainer.train()
-    total = time.perf_counter() - started
+    total, total_cpu = time.perf_counter() - started, time.process_time() - started_cpu
     epochs = [{k: e.get(k) for k in ("epoch", "train_seconds_cumulative", "accuracy", "eval_loss")}
               for e in timer.per_epoch()]
     hiding = common.hiding_log(trainer)
@@ -151,6 +152,7 @@ def run_one(method: Method, seed: int, wl: workloads.Prepared) -> dict:
         "spec": method.spec,
         "seed": seed,
         "train_seconds": total - timer.eval_seconds,
+        "train_cpu_seconds": total_cpu - timer.eval_cpu_seconds,  # this process's CPU time: steadier on a shared CPU
         "eval_seconds": timer.eval_seconds,
         "train_plus_eval_seconds": total,
         "optimizer_steps": trainer.state.global_step,
@@ -193,10 +195,11 @@ def summarize(runs: list[dict], workload_names: list[str], methods: list[Method]
             pairs = [(by[(w, m.label, s)], by[(w, PLAIN, s)]) for s in seeds
                      if (w, m.label, s) in by and (w, PLAIN, s) in by]
             entry = {"seeds": [a["seed"] for a, _ in pairs]}
-            for key in ("train_seconds", "final_accuracy", "forwarded", "backpropagated", "refresh_forwarded",
-                        "optimizer_steps"):
+            for key in ("train_seconds", "train_cpu_seconds", "final_accuracy", "forwarded", "backpropagated",
+                        "refresh_forwarded", "optimizer_steps"):
                 entry[key] = [a[key] for a, _ in pairs]
             entry["time_ratio"] = [a["train_seconds"] / b["train_seconds"] for a, b in pairs]
+            entry["cpu_time_ratio"] = [a["train_cpu_seconds"] / b["train_cpu_seconds"] for a, b in pairs]
             entry["forward_ratio"] = [(a["forwarded"] + a["refresh_forwarded"]) / (b["forwarded"] + b["refresh_forwarded"])
                                       for a, b in pairs]
             entry["backprop_ratio"] = [a["backpropagated"] / b["backpropagated"] for a, b in pairs]

@@ -229,7 +229,10 @@ def test_leaderboard_smoke(tmp_path, fractal_cache):
             assert len(run["per_epoch"]) == epochs and run["final_accuracy"] == run["per_epoch"][-1]["accuracy"]
             assert entry["train_seconds"] == [run["train_seconds"]]
             assert entry["time_ratio"] == [pytest.approx(run["train_seconds"] / plain["train_seconds"])]
+            assert entry["cpu_time_ratio"] == [pytest.approx(run["train_cpu_seconds"] / plain["train_cpu_seconds"])]
+            assert 0 < run["train_seconds"] < run["train_plus_eval_seconds"]
             assert entry["backprop_ratio"] == [pytest.approx(run["backpropagated"] / plain["backpropagated"])]
+            assert entry["forward_ratio"] == [pytest.approx((run["forwarded"] + run["refresh_forwarded"]) / plain["forwarded"])]
             assert entry["accuracy_delta_pt"] == [pytest.approx(100 * (run["final_accuracy"] - plain["final_accuracy"]))]
             # time to accuracy: the first epoch whose top-1 reaches plain's final - 0.5 pt, on both curves
             target = plain["final_accuracy"] - 0.005
@@ -273,6 +276,7 @@ def test_leaderboard_methods_and_time_to_accuracy():
         per_epoch = [{"epoch": i + 1, "train_seconds_cumulative": t, "accuracy": a}
                      for i, (a, t) in enumerate(zip(accuracies, seconds))]
         return {"workload": "w", "method": method, "seed": 0, "train_seconds": seconds[-1] + 0.5,
+                "train_cpu_seconds": seconds[-1],
                 "final_accuracy": accuracies[-1], "per_epoch": per_epoch, "forwarded": backprop,
                 "backpropagated": backprop, "refresh_forwarded": 0, "optimizer_steps": 3}
 
