@@ -65,6 +65,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -141,7 +142,10 @@ def run_one(method: Method, seed: int, wl: workloads.Prepared) -> dict:
                                   callbacks=[timer.callback], data_collator=wl.collate, use_cpu=not _cuda())
     trainer.remove_callback(PrinterCallback)  # one line per run, printed below
     started, started_cpu = time.perf_counter(), time.process_time()
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
     total, total_cpu = time.perf_counter() - started, time.process_time() - started_cpu
     epochs = [{k: e.get(k) for k in ("epoch", "train_seconds_cumulative", "accuracy", "eval_loss")}
               for e in timer.per_epoch()]
@@ -164,7 +168,6 @@ def run_one(method: Method, seed: int, wl: workloads.Prepared) -> dict:
     }
     del trainer, model
     gc.collect()
-    shutil.rmtree(out_dir, ignore_errors=True)
     return record
 
 
@@ -370,10 +373,44 @@ def build_parser() -> argparse.ArgumentParser:
                              "and seed); default: a temporary folder, removed at the end")
     parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "leaderboard.json"))
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--fail-fast", action="store_true",
+                        help="stop at the first failing run (default: report it, leave it out, go on)")
     for name, settings in workloads.SETTINGS.items():
         common.add_dataclass_arguments(parser, settings(), prefix=name + "_", title=f"{name} workload",
                                        skip=workloads.SKIP.get(name, ()), choices=workloads.CHOICES.get(name))
     return parser
+
+
+def run_all(args, methods: list[Method], checkpoint_dir: str):
+    """Seeds x workloads x methods, interleaved; a failing run is reported and skipped (unless --fail-fast)."""
+    prepared: dict[str, workloads.Prepared] = {}
+    runs, failures = [], []
+    total, done, started = len(args.seeds) * len(args.workloads) * len(methods), 0, time.perf_counter()
+    for i, seed in enumerate(args.seeds):
+        for name in args.workloads:
+            if name not in prepared:  # data built once, outside every timed region
+                settings = common.dataclass_from_args(workloads.SETTINGS[name], args, prefix=name + "_")
+                prepared[name] = workloads.build(name, settings, args.cache_dir, checkpoint_dir)
+            shift = i % len(methods)
+            for method in methods[shift:] + methods[:shift]:
+                done += 1
+                head = f"[leaderboard] {done}/{total} seed {seed} {name} {method.label}:"
+                try:
+                    r = run_one(method, seed, prepared[name])
+                except Exception as err:
+                    if args.fail_fast:
+                        raise
+                    traceback.print_exc()
+                    failures.append({"workload": name, "method": method.label, "seed": seed,
+                                     "error": f"{type(err).__name__}: {err}"})
+                    print(f"{head} FAILED ({failures[-1]['error']})", flush=True)
+                    continue
+                runs.append(r)
+                elapsed = time.perf_counter() - started
+                print(f"{head} train {r['train_seconds']:.1f} s, top-1 {100 * (r['final_accuracy'] or 0):.2f}%, "
+                      f"backprop {r['backpropagated']} samples (elapsed {elapsed / 60:.1f} min, about "
+                      f"{elapsed / done * (total - done) / 60:.1f} min left)", flush=True)
+    return runs, failures, prepared
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -384,25 +421,8 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoint_dir = args.checkpoint_dir or common.tempdir("kakurenbo_leaderboard_deit_")
     record = {"benchmark": "leaderboard", "command": command, "machine": common.machine_info(),
               "seeds": args.seeds, "methods": [asdict(m) for m in methods], "workloads": {}}
-    prepared: dict[str, workloads.Prepared] = {}
-    runs = []
-    total_runs, started = len(args.seeds) * len(args.workloads) * len(methods), time.perf_counter()
     try:
-        for i, seed in enumerate(args.seeds):
-            for name in args.workloads:
-                if name not in prepared:  # data built once, outside every timed region
-                    settings = common.dataclass_from_args(workloads.SETTINGS[name], args, prefix=name + "_")
-                    prepared[name] = workloads.build(name, settings, args.cache_dir, checkpoint_dir)
-                wl = prepared[name]
-                shift = i % len(methods)
-                for method in methods[shift:] + methods[:shift]:
-                    r = run_one(method, seed, wl)
-                    runs.append(r)
-                    elapsed = time.perf_counter() - started
-                    print(f"[leaderboard] {len(runs)}/{total_runs} seed {seed} {name} {method.label}: train "
-                          f"{r['train_seconds']:.1f} s, top-1 {100 * (r['final_accuracy'] or 0):.2f}%, backprop "
-                          f"{r['backpropagated']} samples (elapsed {elapsed / 60:.1f} min, about "
-                          f"{elapsed / len(runs) * (total_runs - len(runs)) / 60:.1f} min left)", flush=True)
+        runs, failures, prepared = run_all(args, methods, checkpoint_dir)
     finally:
         if args.checkpoint_dir is None:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -417,7 +437,10 @@ def main(argv: list[str] | None = None) -> dict:
                 f"Mean ± std over seeds {args.seeds}; ratios are paired with plain of the same seed; time-to-acc. "
                 f"ratio: train time to reach plain's final top-1 - {TTA_MARGIN_PT} pt, over plain's own.\n\n"
                 f"{described}\n\n{md}")
-    record.update(runs=runs, summary=summary)
+    if failures:
+        markdown += "\n\nFailed runs (left out of the table):\n" + "\n".join(
+            f"- {f['workload']} / {f['method']} / seed {f['seed']}: {f['error']}" for f in failures)
+    record.update(runs=runs, failures=failures, summary=summary)
     stem = os.path.splitext(args.output)[0]
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     if not args.no_plots:

@@ -212,7 +212,7 @@ def test_leaderboard_smoke(tmp_path, fractal_cache):
     leaderboard.main(LEADERBOARD_TINY + ["--workloads", "text", "timm_cnn", "--methods", *methods, "--seeds", "0",
                                          "--cache-dir", fractal_cache, "--output", str(out)])
     record = _load(out)
-    assert record["command"].startswith("python -m benchmarks.leaderboard")
+    assert record["command"].startswith("python -m benchmarks.leaderboard") and record["failures"] == []
     assert [m["label"] for m in record["methods"]] == ["plain", "k0"]
     runs = {(r["workload"], r["method"], r["seed"]): r for r in record["runs"]}
     assert set(runs) == {(w, m, 0) for w in ("text", "timm_cnn") for m in ("plain", "k0")}
@@ -256,6 +256,49 @@ def test_leaderboard_smoke(tmp_path, fractal_cache):
         assert (tmp_path / plot).stat().st_size > 0
 
 
+def _fake_run(method, accuracies, seconds, backprop, workload="w", seed=0):
+    """A leaderboard run record with the given per-epoch curve (train time = last epoch end + 0.5 s)."""
+    per_epoch = [{"epoch": i + 1, "train_seconds_cumulative": t, "accuracy": a}
+                 for i, (a, t) in enumerate(zip(accuracies, seconds))]
+    return {"workload": workload, "method": method, "seed": seed, "train_seconds": seconds[-1] + 0.5,
+            "train_cpu_seconds": seconds[-1], "final_accuracy": accuracies[-1], "per_epoch": per_epoch,
+            "forwarded": backprop, "backpropagated": backprop, "refresh_forwarded": 0, "optimizer_steps": 3}
+
+
+def test_leaderboard_interleaves_and_reports_failures(tmp_path, monkeypatch):
+    """Per seed, per workload, every method in turn, the order rotated by one per seed; a failing run is
+    listed and left out of the summary, the others go on."""
+    from benchmarks import leaderboard, workloads
+
+    calls = []
+
+    def fake_run_one(method, seed, wl):
+        calls.append((seed, wl.name, method.label))
+        if (method.label, seed) == ("random", 1):
+            raise RuntimeError("boom")
+        return _fake_run(method.label, [0.5, 0.9], [1.0, 2.0], 100, workload=wl.name, seed=seed)
+
+    def fake_build(name, settings, cache_dir=None, checkpoint_dir=None):
+        return workloads.Prepared(name, settings, list(range(10)), list(range(4)), lambda seed: None, name)
+
+    monkeypatch.setattr(leaderboard, "run_one", fake_run_one)
+    monkeypatch.setattr(workloads, "build", fake_build)
+    out = tmp_path / "leaderboard.json"
+    record = leaderboard.main(["--workloads", "text", "timm_cnn", "--methods", "plain", "kakurenbo", "random",
+                               "--seeds", "0", "1", "--no-plots", "--output", str(out)])
+    order = ["plain", "kakurenbo", "random"]
+    assert calls == [(0, w, m) for w in ("text", "timm_cnn") for m in order] + [
+        (1, w, m) for w in ("text", "timm_cnn") for m in order[1:] + order[:1]]
+    assert record["failures"] == [{"workload": w, "method": "random", "seed": 1, "error": "RuntimeError: boom"}
+                                  for w in ("text", "timm_cnn")]
+    assert record["summary"]["text"]["random"]["seeds"] == [0]
+    assert record["summary"]["text"]["kakurenbo"]["seeds"] == [0, 1]
+    assert "Failed runs" in _load(out)["markdown"]
+    with pytest.raises(RuntimeError, match="boom"):
+        leaderboard.main(["--workloads", "text", "--methods", "plain", "random", "--seeds", "1", "--no-plots",
+                          "--fail-fast", "--output", str(out)])
+
+
 def test_leaderboard_methods_and_time_to_accuracy():
     """Method specs with labels, plain added first; time to accuracy and ratios on hand-made curves."""
     from benchmarks import leaderboard
@@ -272,17 +315,9 @@ def test_leaderboard_methods_and_time_to_accuracy():
     with pytest.raises(ValueError, match="unknown method"):
         leaderboard.parse_methods(["nosuchstrategy"])
 
-    def run(method, accuracies, seconds, backprop):
-        per_epoch = [{"epoch": i + 1, "train_seconds_cumulative": t, "accuracy": a}
-                     for i, (a, t) in enumerate(zip(accuracies, seconds))]
-        return {"workload": "w", "method": method, "seed": 0, "train_seconds": seconds[-1] + 0.5,
-                "train_cpu_seconds": seconds[-1],
-                "final_accuracy": accuracies[-1], "per_epoch": per_epoch, "forwarded": backprop,
-                "backpropagated": backprop, "refresh_forwarded": 0, "optimizer_steps": 3}
-
-    runs = [run("plain", [0.5, 0.8, 0.9], [1.0, 2.0, 3.0], 300),
-            run("kakurenbo", [0.6, 0.896, 0.89], [0.8, 1.6, 2.4], 250),  # reaches 0.895 at 1.6 s
-            run("random", [0.5, 0.7, 0.894], [0.8, 1.6, 2.4], 250)]  # never reaches 0.895
+    runs = [_fake_run("plain", [0.5, 0.8, 0.9], [1.0, 2.0, 3.0], 300),
+            _fake_run("kakurenbo", [0.6, 0.896, 0.89], [0.8, 1.6, 2.4], 250),  # reaches 0.895 at 1.6 s
+            _fake_run("random", [0.5, 0.7, 0.894], [0.8, 1.6, 2.4], 250)]  # never reaches 0.895
     methods = leaderboard.parse_methods(["plain", "kakurenbo", "random"])
     summary = leaderboard.summarize(runs, ["w"], methods, [0])["w"]
     assert summary["plain"]["tta_seconds"] == [3.0] and summary["plain"]["tta_ratio"] == [1.0]
