@@ -108,10 +108,9 @@ class Prepared:
 
 def build(name: str, settings, cache_dir: str | None = None, checkpoint_dir: str | None = None) -> Prepared:
     """Build the workload `name` (data now; models on demand)."""
-    builders = {"vit_fractal": vit_fractal, "deit_transfer": deit_transfer, "text": text, "timm_cnn": timm_cnn}
     if name == "deit_transfer":
         return deit_transfer(settings, cache_dir, checkpoint_dir or common.tempdir("kakurenbo_leaderboard_deit_"))
-    return builders[name](settings, cache_dir)
+    return {"vit_fractal": vit_fractal, "text": text, "timm_cnn": timm_cnn}[name](settings, cache_dir)
 
 
 # --- the four workloads --------------------------------------------------------------------------
