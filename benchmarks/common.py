@@ -120,19 +120,34 @@ def mean_std(values) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def fmt_mean_std(values, scale: float = 1.0, digits: int = 3, suffix: str = "") -> str:
+def fmt_mean_std(values, scale: float = 1.0, digits: int = 3, suffix: str = "", minmax: bool = True) -> str:
+    """'m ± s [min–max]' of `values` x `scale` ('m' for one value; `minmax=False` drops the range)."""
     values = [scale * float(v) for v in values]
     m, s = mean_std(values)
     if len(values) == 1:
         return f"{m:.{digits}f}{suffix}"
-    return f"{m:.{digits}f} ± {s:.{digits}f}{suffix} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
+    spread = f" [{min(values):.{digits}f}–{max(values):.{digits}f}]" if minmax else ""
+    return f"{m:.{digits}f} ± {s:.{digits}f}{suffix}{spread}"
 
 
 # --- workload ----------------------------------------------------------------------------------
 
 
 @dataclass
-class Workload:
+class Training:
+    """The training fields `make_trainer` reads (AdamW with warm-up and a schedule); reference defaults."""
+
+    epochs: int = 12
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.05
+    lr_scheduler: str = "cosine"
+
+
+@dataclass
+class Workload(Training):
     """Every size of the reference workload (flags of the same names, dashes for underscores)."""
 
     dataset: str = "fractal"  # fractal | synthetic (class templates + noise, no generator needed)
@@ -149,38 +164,46 @@ class Workload:
     num_layers: int = 4
     num_heads: int = 4
     mlp_ratio: int = 2
-    epochs: int = 12
-    batch_size: int = 32
-    eval_batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_ratio: float = 0.05
-    lr_scheduler: str = "cosine"
     extra: dict = field(default_factory=dict)
+
+
+def add_dataclass_arguments(parser, instance, prefix: str = "", title: str | None = None, skip=(),
+                            choices: dict | None = None) -> None:
+    """One flag per field of the dataclass `instance` (its values are the defaults), in a group `title`.
+
+    A field `hidden_size` with prefix "text_" becomes `--text-hidden-size` (dest `text_hidden_size`);
+    read them back with `dataclass_from_args`.
+    """
+    group = parser.add_argument_group(title) if title else parser
+    for f in fields(instance):
+        if f.name in skip or f.name == "extra":
+            continue
+        default = getattr(instance, f.name)
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+        kwargs = dict(dest=prefix + f.name, default=default, help=f"(default: {default})", metavar=kind.__name__.upper())
+        if choices and f.name in choices:
+            kwargs["choices"] = choices[f.name]
+        group.add_argument(flag, type=kind, **kwargs)
+
+
+def dataclass_from_args(cls, args: argparse.Namespace, prefix: str = "", **fixed):
+    """The `cls` instance read back from flags added by `add_dataclass_arguments` (`fixed` wins)."""
+    values = {f.name: getattr(args, prefix + f.name) for f in fields(cls) if hasattr(args, prefix + f.name)}
+    return cls(**{**values, **fixed})
+
+
+WORKLOAD_CHOICES = {"dataset": ["fractal", "synthetic"], "data_format": ["memory", "arrow"], "model": ["vit", "deit"]}
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     """Add one flag per `Workload` field; `defaults` overrides the dataclass defaults."""
-    group = parser.add_argument_group("workload (every size is a flag)")
-    base = Workload()
-    for f in fields(Workload):
-        if f.name == "extra":
-            continue
-        default = defaults.get(f.name, getattr(base, f.name))
-        flag = "--" + f.name.replace("_", "-")
-        kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-        kwargs = dict(default=default, help=f"(default: {default})")
-        if f.name == "dataset":
-            kwargs["choices"] = ["fractal", "synthetic"]
-        elif f.name == "data_format":
-            kwargs["choices"] = ["memory", "arrow"]
-        elif f.name == "model":
-            kwargs["choices"] = ["vit", "deit"]
-        group.add_argument(flag, type=kind, **kwargs)
+    add_dataclass_arguments(parser, Workload(**defaults), title="workload (every size is a flag)",
+                            choices=WORKLOAD_CHOICES)
 
 
 def workload_from_args(args: argparse.Namespace) -> Workload:
-    return Workload(**{f.name: getattr(args, f.name) for f in fields(Workload) if f.name != "extra"})
+    return dataclass_from_args(Workload, args)
 
 
 class TensorRows:
@@ -295,20 +318,31 @@ def accuracy_metric(eval_pred) -> dict:
 
 # --- methods -----------------------------------------------------------------------------------
 
-BASE_METHODS = ("baseline", "kakurenbo", "random")
+PLAIN_METHODS = ("baseline", "plain")  # the plain `transformers.Trainer` (two names for it)
+
+
+def method_bases() -> tuple[str, ...]:
+    """What a method spec may start with: the plain Trainer, or a registered hiding strategy."""
+    from kakurenbo_hf.strategies import available_strategies
+
+    return PLAIN_METHODS + tuple(available_strategies())
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
     """'kakurenbo' or 'kakurenbo:hiding_fraction=0.4,refresh_hidden=false' -> (base, overrides).
 
-    `random` is KakurenboTrainer with hiding_strategy='random'. Overrides are fields of
-    `KakurenboArguments`, converted to the type of their default.
+    `baseline` (or `plain`) is the plain Trainer; any other base is a registered hiding strategy
+    (`kakurenbo_hf.strategies.available_strategies()`): KakurenboTrainer with
+    hiding_strategy=<base>. Overrides are fields of `KakurenboArguments`, converted to the type of
+    their default (lists with `/`: `hiding_decay_factors=1/1/1`). `plain` comes back as `baseline`.
     """
     from kakurenbo_hf import KakurenboArguments
 
     base, _, rest = spec.partition(":")
-    if base not in BASE_METHODS:
-        raise ValueError(f"unknown method {base!r}: use one of {BASE_METHODS} (optionally ':field=value,...')")
+    bases = method_bases()
+    if base not in bases:
+        raise ValueError(f"unknown method {base!r}: use one of {bases} (optionally ':field=value,...')")
+    base = "baseline" if base in PLAIN_METHODS else base
     overrides: dict = {}
     defaults = KakurenboArguments()
     for item in filter(None, rest.split(",")):
@@ -326,8 +360,8 @@ def parse_method(spec: str) -> tuple[str, dict]:
             overrides[key] = value
     if base == "baseline" and overrides:
         raise ValueError("the baseline takes no hiding overrides")
-    if base == "random":
-        overrides.setdefault("hiding_strategy", "random")
+    if base != "baseline":
+        overrides.setdefault("hiding_strategy", base)
     return base, overrides
 
 
@@ -335,24 +369,31 @@ class EpochTimer:
     """TrainerCallback: wall clock at train begin, each epoch end, each evaluation end.
 
     The Trainer evaluates right after `on_epoch_end`, so evaluation time is the gap between an
-    epoch end and the next `on_evaluate`; train-only time excludes it.
+    epoch end and the next `on_evaluate`; train-only time excludes it. On a GPU each reading waits
+    for the queued kernels first, so an epoch's work is not counted as evaluation.
     """
 
     def __init__(self):
+        import torch
         from transformers import TrainerCallback
 
         outer = self
 
+        def clock():
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
+            return time.perf_counter(), time.process_time()
+
         class _Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
-                outer.train_begin = (time.perf_counter(), time.process_time())
+                outer.train_begin = clock()
                 outer.epoch_ends, outer.evals = [], []
 
             def on_epoch_end(self, args, state, control, **kwargs):
-                outer.epoch_ends.append((time.perf_counter(), time.process_time()))
+                outer.epoch_ends.append(clock())
 
             def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-                outer.evals.append(((time.perf_counter(), time.process_time()), dict(metrics or {})))
+                outer.evals.append((clock(), dict(metrics or {})))
 
         self.callback = _Callback()
         self.train_begin = None
@@ -396,8 +437,14 @@ def make_trainer(
     evaluate: bool = True,
     logging_steps: int | None = None,
     callbacks=(),
+    data_collator=None,
+    use_cpu: bool = True,
 ):
-    """A `Trainer` (baseline) or `KakurenboTrainer` with identical training arguments."""
+    """A `Trainer` (baseline) or `KakurenboTrainer` with identical training arguments.
+
+    `w` is a `Training` (a `Workload` is one); `data_collator` defaults to
+    `collate` (image rows); `use_cpu=False` lets the Trainer pick an accelerator.
+    """
     from transformers import Trainer, TrainingArguments
 
     from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
@@ -420,7 +467,7 @@ def make_trainer(
         disable_tqdm=True,
         seed=seed,
         data_seed=seed,
-        use_cpu=True,
+        use_cpu=use_cpu,
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
         remove_unused_columns=False,
@@ -429,7 +476,7 @@ def make_trainer(
         model=model,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if evaluate else None,
-        data_collator=collate,
+        data_collator=data_collator or collate,
         compute_metrics=accuracy_metric if evaluate else None,
         callbacks=list(callbacks),
     )

@@ -189,3 +189,170 @@ def test_sync_smoke_two_processes(tmp_path):
     record = _load(out)
     assert record["processes"] == 2 and record["num_samples"] == 5000
     assert record["median"]["flush_seconds"] > 0
+
+
+LEADERBOARD_TINY = [
+    "--threads", "1",
+    "--text-train-samples", "48", "--text-test-samples", "16", "--text-hidden-size", "16", "--text-num-layers", "1",
+    "--text-epochs", "3", "--text-batch-size", "8", "--text-max-length", "16",
+    "--timm-cnn-num-classes", "3", "--timm-cnn-instances-per-class", "8", "--timm-cnn-test-instances-per-class", "3",
+    "--timm-cnn-image-size", "32", "--timm-cnn-channels", "8/8/8/8", "--timm-cnn-stem-width", "8",
+    "--timm-cnn-epochs", "3", "--timm-cnn-batch-size", "8",
+]
+
+
+def test_leaderboard_smoke(tmp_path, fractal_cache):
+    """Two workloads x (plain, a labelled kakurenbo variant), one seed: every (workload, method) is in the
+    record, and the summary's ratios, deltas and times to accuracy are what the per-run records say."""
+    from benchmarks import leaderboard
+
+    out = tmp_path / "leaderboard.json"
+    # tau = 0 hides every low-loss candidate, so the tiny runs hide (and train on fewer) samples
+    methods = ["plain", "k0=kakurenbo:confidence_threshold=0,hiding_fraction=0.5"]
+    leaderboard.main(LEADERBOARD_TINY + ["--workloads", "text", "timm_cnn", "--methods", *methods, "--seeds", "0",
+                                         "--cache-dir", fractal_cache, "--output", str(out)])
+    record = _load(out)
+    assert record["command"].startswith("python -m benchmarks.leaderboard") and record["failures"] == []
+    assert [m["label"] for m in record["methods"]] == ["plain", "k0"]
+    runs = {(r["workload"], r["method"], r["seed"]): r for r in record["runs"]}
+    assert set(runs) == {(w, m, 0) for w in ("text", "timm_cnn") for m in ("plain", "k0")}
+    assert set(record["summary"]) == {"text", "timm_cnn"}
+    for workload, entries in record["summary"].items():
+        assert set(entries) == {"plain", "k0"}
+        plain = runs[(workload, "plain", 0)]
+        assert entries["plain"]["time_ratio"] == [1.0] and entries["plain"]["tta_ratio"] == [1.0]
+        assert entries["plain"]["accuracy_delta_pt"] == [0.0] and entries["plain"]["backprop_ratio"] == [1.0]
+        n, epochs = record["workloads"][workload]["train_samples"], 3
+        assert plain["forwarded"] == plain["backpropagated"] == n * epochs and plain["refresh_forwarded"] == 0
+        for label, entry in entries.items():
+            run = runs[(workload, label, 0)]
+            assert len(run["per_epoch"]) == epochs and run["final_accuracy"] == run["per_epoch"][-1]["accuracy"]
+            assert entry["train_seconds"] == [run["train_seconds"]]
+            assert entry["time_ratio"] == [pytest.approx(run["train_seconds"] / plain["train_seconds"])]
+            assert entry["cpu_time_ratio"] == [pytest.approx(run["train_cpu_seconds"] / plain["train_cpu_seconds"])]
+            assert 0 < run["train_seconds"] < run["train_plus_eval_seconds"]
+            assert entry["backprop_ratio"] == [pytest.approx(run["backpropagated"] / plain["backpropagated"])]
+            assert entry["forward_ratio"] == [pytest.approx((run["forwarded"] + run["refresh_forwarded"]) / plain["forwarded"])]
+            assert entry["accuracy_delta_pt"] == [pytest.approx(100 * (run["final_accuracy"] - plain["final_accuracy"]))]
+            # time to accuracy: the first epoch whose top-1 reaches plain's final - 0.5 pt, on both curves
+            target = plain["final_accuracy"] - 0.005
+            assert entry["tta_target"] == [pytest.approx(target)]
+
+            def first(per_epoch):
+                hits = [e for e in per_epoch if e["accuracy"] >= target - 1e-9]
+                return hits[0]["train_seconds_cumulative"] if hits else None
+
+            mine = first(run["per_epoch"])
+            assert entry["tta_seconds"] == [mine]
+            assert entry["tta_ratio"] == [None if mine is None else pytest.approx(mine / first(plain["per_epoch"]))]
+            assert all(e["accuracy"] < target - 1e-9 for e in run["per_epoch"]
+                       if mine is not None and e["train_seconds_cumulative"] < mine)
+        hidden = runs[(workload, "k0", 0)]["hidden_per_epoch"]
+        assert sum(hidden) > 0
+        assert runs[(workload, "k0", 0)]["backpropagated"] == n * epochs - sum(hidden)
+    assert "| text | k0 |" in record["markdown"] and "| timm_cnn | plain |" in record["markdown"]
+    assert (tmp_path / "leaderboard.md").read_text().count("| k0 |") >= 2
+    for plot in ("leaderboard_accuracy_vs_time.png", "leaderboard_pareto.png"):
+        assert (tmp_path / plot).stat().st_size > 0
+
+
+def _fake_run(method, accuracies, seconds, backprop, workload="w", seed=0):
+    """A leaderboard run record with the given per-epoch curve (train time = last epoch end + 0.5 s)."""
+    per_epoch = [{"epoch": i + 1, "train_seconds_cumulative": t, "accuracy": a}
+                 for i, (a, t) in enumerate(zip(accuracies, seconds))]
+    return {"workload": workload, "method": method, "seed": seed, "train_seconds": seconds[-1] + 0.5,
+            "train_cpu_seconds": seconds[-1], "final_accuracy": accuracies[-1], "per_epoch": per_epoch,
+            "forwarded": backprop, "backpropagated": backprop, "refresh_forwarded": 0, "optimizer_steps": 3}
+
+
+def test_leaderboard_interleaves_and_reports_failures(tmp_path, monkeypatch):
+    """Per seed, per workload, every method in turn, the order rotated by one per seed; a failing run is
+    listed and left out of the summary, the others go on."""
+    from benchmarks import leaderboard, workloads
+
+    calls = []
+
+    def fake_run_one(method, seed, wl):
+        calls.append((seed, wl.name, method.label))
+        if (method.label, seed) == ("random", 1):
+            raise RuntimeError("boom")
+        return _fake_run(method.label, [0.5, 0.9], [1.0, 2.0], 100, workload=wl.name, seed=seed)
+
+    def fake_build(name, settings, cache_dir=None, checkpoint_dir=None):
+        return workloads.Prepared(name, settings, list(range(10)), list(range(4)), lambda seed: None, name)
+
+    monkeypatch.setattr(leaderboard, "run_one", fake_run_one)
+    monkeypatch.setattr(workloads, "build", fake_build)
+    out = tmp_path / "leaderboard.json"
+    record = leaderboard.main(["--workloads", "text", "timm_cnn", "--methods", "plain", "kakurenbo", "random",
+                               "--seeds", "0", "1", "--no-plots", "--output", str(out)])
+    order = ["plain", "kakurenbo", "random"]
+    assert calls == [(0, w, m) for w in ("text", "timm_cnn") for m in order] + [
+        (1, w, m) for w in ("text", "timm_cnn") for m in order[1:] + order[:1]]
+    assert record["failures"] == [{"workload": w, "method": "random", "seed": 1, "error": "RuntimeError: boom"}
+                                  for w in ("text", "timm_cnn")]
+    assert record["summary"]["text"]["random"]["seeds"] == [0]
+    assert record["summary"]["text"]["kakurenbo"]["seeds"] == [0, 1]
+    assert "Failed runs" in _load(out)["markdown"]
+    with pytest.raises(RuntimeError, match="boom"):
+        leaderboard.main(["--workloads", "text", "--methods", "plain", "random", "--seeds", "1", "--no-plots",
+                          "--fail-fast", "--output", str(out)])
+
+
+def test_leaderboard_methods_and_time_to_accuracy():
+    """Method specs with labels, plain added first; time to accuracy and ratios on hand-made curves."""
+    from benchmarks import leaderboard
+
+    from kakurenbo_hf.strategies import available_strategies
+
+    assert leaderboard.default_methods() == ["plain", *available_strategies()]
+    methods = leaderboard.parse_methods(["random", "nodecay=kakurenbo:hiding_decay_factors=1/1/1", "kakurenbo"])
+    assert [m.label for m in methods] == ["plain", "random", "nodecay", "kakurenbo"]
+    assert methods[2].base == "kakurenbo" and methods[2].overrides["hiding_decay_factors"] == [1.0, 1.0, 1.0]
+    assert methods[1].overrides == {"hiding_strategy": "random"}
+    with pytest.raises(ValueError, match="unique"):
+        leaderboard.parse_methods(["kakurenbo", "kakurenbo:hiding_fraction=0.5", "kakurenbo"])
+    with pytest.raises(ValueError, match="unknown method"):
+        leaderboard.parse_methods(["nosuchstrategy"])
+
+    runs = [_fake_run("plain", [0.5, 0.8, 0.9], [1.0, 2.0, 3.0], 300),
+            _fake_run("kakurenbo", [0.6, 0.896, 0.89], [0.8, 1.6, 2.4], 250),  # reaches 0.895 at 1.6 s
+            _fake_run("random", [0.5, 0.7, 0.894], [0.8, 1.6, 2.4], 250)]  # never reaches 0.895
+    methods = leaderboard.parse_methods(["plain", "kakurenbo", "random"])
+    summary = leaderboard.summarize(runs, ["w"], methods, [0])["w"]
+    assert summary["plain"]["tta_seconds"] == [3.0] and summary["plain"]["tta_ratio"] == [1.0]
+    assert summary["kakurenbo"]["tta_ratio"] == [pytest.approx(1.6 / 3.0)]
+    assert summary["kakurenbo"]["time_ratio"] == [pytest.approx(2.9 / 3.5)]
+    assert summary["kakurenbo"]["accuracy_delta_pt"] == [pytest.approx(-1.0)]
+    assert summary["kakurenbo"]["within_half_pt"] is False and summary["kakurenbo"]["saves_20pct"] is False
+    assert summary["random"]["tta_ratio"] == [None] and summary["random"]["tta_reached"] == 0
+    assert leaderboard.ranked(summary) == ["plain", "kakurenbo", "random"]
+    table = leaderboard.tables({"w": summary}, methods)
+    assert "| w | random |" in table and "never" in table
+
+
+def test_deit_transfer_pretrains_once_per_seed(tmp_path, fractal_cache, monkeypatch):
+    """The transfer workload pre-trains once per seed, and every method's model holds the saved weights
+    (not a fresh initialisation) with the same new head."""
+    import torch
+    from safetensors.torch import load_file
+
+    from benchmarks import workloads
+
+    calls = []
+    original = workloads.pretrain_deit
+    monkeypatch.setattr(workloads, "pretrain_deit", lambda *a: calls.append(a[1]) or original(*a))
+    settings = workloads.DeitTransfer(pretrain_classes=3, pretrain_per_class=8, pretrain_test_per_class=2,
+                                      pretrain_epochs=1, image_size=16, hidden_size=16, num_layers=1, num_heads=2,
+                                      finetune_train_samples=40, batch_size=8)
+    wl = workloads.build("deit_transfer", settings, fractal_cache, str(tmp_path))
+    first, second, other_seed = wl.model(0), wl.model(0), wl.model(1)
+    assert calls == [0, 1]
+    assert first.config.num_labels == 10 and len(wl.train) == 40 and len(wl.test) == 1797 - 40
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+    saved = [t for path in tmp_path.glob("deit_*_seed0/*.safetensors") for t in load_file(path).values()]
+    assert saved
+    body = {k: v for k, v in first.state_dict().items() if not k.startswith(("cls_classifier", "classifier"))}
+    assert body and all(any(t.shape == v.shape and torch.equal(t, v) for t in saved) for v in body.values())
+    assert not torch.equal(first.state_dict()["classifier.weight"], other_seed.state_dict()["classifier.weight"])
