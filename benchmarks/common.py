@@ -301,7 +301,8 @@ BASE_METHODS = ("baseline", "kakurenbo", "random")
 def parse_method(spec: str) -> tuple[str, dict]:
     """'kakurenbo' or 'kakurenbo:hiding_fraction=0.4,refresh_hidden=false' -> (base, overrides).
 
-    `random` is KakurenboTrainer with hiding_strategy='random'. Overrides are fields of
+    `random` is KakurenboTrainer with hiding_strategy='random' and random_count='kakurenbo' (as many
+    hidden as KAKURENBO: the matched-time control; override with random_count=exact). Overrides are fields of
     `KakurenboArguments`, converted to the type of their default.
     """
     from kakurenbo_hf import KakurenboArguments
@@ -328,6 +329,7 @@ def parse_method(spec: str) -> tuple[str, dict]:
         raise ValueError("the baseline takes no hiding overrides")
     if base == "random":
         overrides.setdefault("hiding_strategy", "random")
+        overrides.setdefault("random_count", "kakurenbo")
     return base, overrides
 
 
