@@ -85,6 +85,9 @@ class HidingStrategy(ABC):
         """Values about to be written to `stats` (which still holds the previous ones), oldest first.
 
         Called where the table is, for training and refresh records alike. Default: nothing.
+        A sample can appear twice in one call (even batches' padding), oldest record first; where a
+        flush (epoch start, checkpoint) cuts the records varies, so a strategy that keeps histories
+        must take every record in order (`selection.occurrences`) for resume to be exact.
         """
 
     @property
