@@ -13,8 +13,9 @@ Usage (reference workload: ViT, 32x32 fractal images (10 classes x 150 train, x 
     python -m benchmarks.compare --instances-per-class 1000 --hidden-size 192 --epochs 30   # GPU scale
     python -m benchmarks.compare --help
 
-A method is `baseline`, `kakurenbo` or `random` (KakurenboTrainer with hiding_strategy="random"),
-optionally followed by `:field=value,...` overriding fields of `KakurenboArguments` (lists with
+A method is `baseline` or a registered strategy (KakurenboTrainer with hiding_strategy=<name>; the
+default list's `random:random_count=kakurenbo` hides as many samples as KAKURENBO, uniformly: the
+matched-count control), optionally followed by `:field=value,...` overriding fields of `KakurenboArguments` (lists with
 `/`, e.g. `kakurenbo:hiding_decay_factors=1/1/1`).
 
 Reported per method (mean ± std [min–max] over seeds): train-only wall time (refresh and
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--methods", nargs="+", default=["baseline", "kakurenbo", "random"])
+    parser.add_argument("--methods", nargs="+", default=["baseline", "kakurenbo", "random:random_count=kakurenbo"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=None, help=common.THREADS_HELP)
     parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "compare.json"))

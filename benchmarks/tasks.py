@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tasks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(DEFAULTS), required=True)
-    parser.add_argument("--methods", nargs="+", default=["baseline", "kakurenbo", "random"])
+    parser.add_argument("--methods", nargs="+", default=["baseline", "kakurenbo", "random:random_count=kakurenbo"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)

@@ -100,7 +100,8 @@ class KakurenboArguments:
         default="kakurenbo",
         metadata={
             "help": "How the hidden set is chosen: 'kakurenbo' (low loss and confident) or 'random' "
-            "(as many samples as kakurenbo would hide, uniformly at random: the control)."
+            "(uniformly at random: floor(F_e * N) samples, or as many as kakurenbo would hide with "
+            "random_count='kakurenbo'); 'epsilon_greedy', 'ucb' (Raju et al. 2021), 'forget' (Toneva et al. 2019)."
         },
     )
 
@@ -111,6 +112,44 @@ class KakurenboArguments:
             "(e.g. a copy of the standard files only). The run continues at the next epoch boundary "
             "(the rest of an interrupted epoch is skipped, with a warning) and hiding restarts from "
             "fresh statistics. Without it such a resume is refused: its epoch lengths are unknown."
+        },
+    )
+
+    # --- hidden-set strategies: random, epsilon_greedy, ucb, forget (see strategies/<name>.py) ---
+    random_count: str = field(
+        default="exact",
+        metadata={
+            "help": "hiding_strategy='random': how many samples an epoch hides. 'exact' (default): floor(F_e * N), "
+            "the uniform dynamic pruning of Raju et al. 2021; 'kakurenbo': as many as KAKURENBO would hide from the "
+            "same statistics (a control matched in time to KAKURENBO)."
+        },
+    )
+    epsilon_greedy_epsilon: float = field(
+        default=0.1,
+        metadata={
+            "help": "hiding_strategy='epsilon_greedy': share of the kept samples (in [0, 1]) drawn uniformly at "
+            "random from the lower-loss rest; the others kept are the highest-loss samples."
+        },
+    )
+    ucb_exploration: float = field(
+        default=1.0,
+        metadata={
+            "help": "hiding_strategy='ucb': c >= 0 in score = running mean + c * running std of a sample's loss; the "
+            "floor(F_e * N) lowest scores are hidden. 0: greedy on the running mean."
+        },
+    )
+    ucb_decay: float = field(
+        default=0.9,
+        metadata={
+            "help": "hiding_strategy='ucb': weight in [0, 1) of the history in the exponential moving mean and "
+            "variance of each sample's loss (new = decay * old + (1 - decay) * observation); 0 keeps the last loss."
+        },
+    )
+    forget_counting_epochs: int = field(
+        default=2,
+        metadata={
+            "help": "hiding_strategy='forget': epochs (>= 2) whose forgetting events are counted before the hidden "
+            "set is fixed for the rest of training (at the first epoch >= max(this, hiding_warmup_epochs))."
         },
     )
 

@@ -144,11 +144,12 @@ class HidingEngine:
     def samples_to_refresh(self, next_epoch: int) -> np.ndarray:
         """Indices hidden in the current epoch whose statistics are refreshed before `next_epoch`.
 
-        All of them with `refresh_fraction=1`; otherwise a slice rotating with the epoch (index +
+        None when the strategy never reads them (`refreshes_hidden=False`). All of them with
+        `refresh_fraction=1`; otherwise a slice rotating with the epoch (index +
         epoch divisible by R = round(1 / refresh_fraction)), so that a sample hidden R epochs in a
         row is refreshed at least once in them.
         """
-        if not self.arguments.refresh_hidden:
+        if not self.arguments.refresh_hidden or not self.strategy.refreshes_hidden:
             return np.empty(0, dtype=np.int64)
         hidden = np.flatnonzero(self.hidden)
         period = max(1, round(1.0 / self.arguments.refresh_fraction))

@@ -223,11 +223,14 @@ def _random_stats(n=400, seed=0):
     return make_stats(rng.random(n), rng.random(n) < 0.8, rng.random(n))
 
 
+MATCHED = KakurenboArguments(hiding_strategy="random", random_count="kakurenbo")  # the matched-count control
+
+
 def test_random_hides_as_many_as_kakurenbo():
     stats = _random_stats()
     for fraction in (0.1, 0.3, 0.5):
         reference = KakurenboStrategy(0.7, seed=5).select(stats, fraction, epoch=2)
-        decision = RandomStrategy(0.7, seed=5).select(stats, fraction, epoch=2)
+        decision = RandomStrategy(0.7, seed=5, arguments=MATCHED).select(stats, fraction, epoch=2)
         assert decision.num_hidden == reference.num_hidden > 0
         assert decision.num_candidates == reference.num_candidates
         assert decision.moved_back == reference.moved_back
@@ -261,7 +264,7 @@ def test_random_is_roughly_uniform():
     stats = make_stats(np.arange(n), np.ones(n, bool), np.ones(n))  # kakurenbo hides K = 10
     counts = np.zeros(n)
     for epoch in range(1, epochs + 1):
-        decision = RandomStrategy(0.7, seed=0).select(stats, 0.2, epoch=epoch)
+        decision = RandomStrategy(0.7, seed=0, arguments=MATCHED).select(stats, 0.2, epoch=epoch)
         assert decision.num_hidden == 10
         counts += decision.hidden
     # each count ~ Binomial(400, 0.2): mean 80, sd 8; allow 5 sd

@@ -64,6 +64,9 @@ class HidingStrategy(ABC):
     # Hides at most floor(F_e * N) samples (checked by the engine). False: the strategy's own
     # rule sets how many (it must still keep at least one sample).
     uses_hiding_fraction: bool = True
+    # The engine refreshes the statistics of last epoch's hidden samples before `select` (when
+    # `refresh_hidden`). False: this strategy's decision never reads them (e.g. a static set).
+    refreshes_hidden: bool = True
 
     def __init__(self, confidence_threshold: float = 0.7, seed: int = 0, *, arguments=None,
                  num_samples: int = 0, num_epochs: int = 1):
@@ -82,6 +85,9 @@ class HidingStrategy(ABC):
         """Values about to be written to `stats` (which still holds the previous ones), oldest first.
 
         Called where the table is, for training and refresh records alike. Default: nothing.
+        A sample can appear twice in one call (even batches' padding), oldest record first; where a
+        flush (epoch start, checkpoint) cuts the records varies, so a strategy that keeps histories
+        must take every record in order (`selection.occurrences`) for resume to be exact.
         """
 
     @property
