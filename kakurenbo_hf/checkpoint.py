@@ -5,6 +5,9 @@ tensors; plain values (format version, sizes, seed, the per-epoch plans) and a C
 array as JSON in the file's metadata. Loading never unpickles anything, and a file that is
 truncated, not safetensors, or whose arrays do not match their checksums is refused with an error
 that names it.
+
+A per-batch strategy's per-process state (Selective Backprop's loss history) goes into one file
+per rank, `kakurenbo_rank_state_<rank>.safetensors`, checksummed the same way.
 """
 
 from __future__ import annotations
@@ -99,3 +102,42 @@ def load_hiding_state(folder: str, with_stats: bool = True) -> dict | None:
 
 def _group_of(name: str) -> str | None:
     return next((group for group in _GROUPS if name.startswith(group + "_")), None)
+
+
+def rank_state_file_name(rank: int) -> str:
+    return f"kakurenbo_rank_state_{rank}.safetensors"
+
+
+def save_rank_state(arrays: dict[str, np.ndarray], folder: str, rank: int) -> str:
+    """Write one process's own strategy state (a per-batch strategy's loss history) next to the hiding state.
+
+    Every rank writes its own file (CRC-32 of each array in the metadata); returns the path.
+    """
+    os.makedirs(folder, exist_ok=True)
+    tensors = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+    path = os.path.join(folder, rank_state_file_name(rank))
+    save_file(tensors, path, metadata={"checksums": json.dumps({name: _crc(array) for name, array in tensors.items()})})
+    return path
+
+
+def load_rank_state(folder: str, rank: int) -> dict[str, np.ndarray] | None:
+    """This rank's state in `folder`, or None if it has none (an older checkpoint, another number of processes).
+
+    Raises `ValueError` naming the file if it cannot be read or fails its checksums.
+    """
+    path = os.path.join(folder, rank_state_file_name(rank))
+    if not os.path.isfile(path):
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as handle:
+            checksums = json.loads((handle.metadata() or {})["checksums"])
+            arrays = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # safetensors raises its own error types, without the path
+        raise ValueError(f"{path} cannot be read as a kakurenbo_hf rank state ({type(error).__name__}: {error}); "
+                         "the file is truncated or corrupt. Resume from another checkpoint.") from error
+    for name, array in arrays.items():
+        if name not in checksums or _crc(array) != int(checksums[name]):
+            raise ValueError(f"{path}: array {name!r} does not match its checksum; the file is corrupt")
+    return arrays

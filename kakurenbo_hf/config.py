@@ -101,8 +101,26 @@ class KakurenboArguments:
         metadata={
             "help": "How the hidden set is chosen: 'kakurenbo' (low loss and confident) or 'random' "
             "(uniformly at random: floor(F_e * N) samples, or as many as kakurenbo would hide with "
-            "random_count='kakurenbo'); 'epsilon_greedy', 'ucb' (Raju et al. 2021), 'forget' (Toneva et al. 2019)."
+            "random_count='kakurenbo'); 'epsilon_greedy', 'ucb' (Raju et al. 2021), 'forget' (Toneva et al. 2019); "
+            "'selective_backprop' (per batch: backpropagate the samples whose recent-loss percentile wins a draw)."
         },
+    )
+
+    # --- selective_backprop (Jiang et al., 2019; strategies/selective_backprop.py) ---
+    selective_backprop_beta: float = field(
+        default=3.0,
+        metadata={
+            "help": "selective_backprop: beta >= 0; a sample is backpropagated with probability "
+            "percentile(loss) ** beta (3: about 25% of the samples, 2: 33%, 1: 50%; 0: all)."
+        },
+    )
+    selective_backprop_history: int = field(
+        default=1024,
+        metadata={"help": "selective_backprop: recent losses per process the percentile is taken over (>= 1)."},
+    )
+    selective_backprop_min_probability: float = field(
+        default=0.0,
+        metadata={"help": "selective_backprop: floor of every sample's selection probability, in [0, 1]."},
     )
 
     resume_without_hiding_state: bool = field(

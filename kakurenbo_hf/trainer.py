@@ -8,6 +8,8 @@ Thin glue. The algorithm lives in pure modules (`engine`, `stats`, `strategies`,
   `train_sampling_strategy` to the visible samples.
 - `compute_loss`: records per-sample statistics from the logits; the loss returned for backward
   is the model's own, untouched.
+- `get_batch_samples`: with a per-batch strategy (Selective Backprop), scores each micro-batch
+  without gradients and hands the training step only the rows it keeps.
 - `_run_epoch`: at each epoch start, refresh the statistics of the samples hidden in the last
   epoch, select the new hidden set, and run the epoch with its true length (the 5.x loop reads
   the epoch length once, see docs/design.md).
@@ -39,7 +41,7 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.utils import logging
 
-from .checkpoint import HIDING_STATE_NAME, load_hiding_state, save_hiding_state
+from .checkpoint import HIDING_STATE_NAME, load_hiding_state, load_rank_state, save_hiding_state, save_rank_state
 from .compat import load_with_key_conversion
 from .config import KakurenboArguments
 from .distributed import MainProcessTransport, broadcast_decision
@@ -50,6 +52,8 @@ from .refresh import plan_refresh_batches, run_refresh
 from .rng import load_snapshot, restore, save_snapshot, snapshot
 from .sampler import HidingSampler
 from .schedule import find_virtual_scheduler, wrap_scheduler
+from .strategies.base import strategy_class
+from .strategies.selective_backprop import take_rows
 from .tasks import auto_statistics
 
 logger = logging.get_logger(__name__)
@@ -116,6 +120,12 @@ class KakurenboMixin:
         self._resume = _ResumePoint()
         self._rng_before_last_read: dict | None = None
         self._sample_counts = [0, 0]  # this rank's training samples forwarded, backpropagated
+        # Per-batch selection (`selects_per_batch` strategies): this rank's selector, whether the
+        # current epoch selects, the model the epoch trains, and the selector state to resume.
+        self._batch_selector = None
+        self._selecting_batches = False
+        self._training_model = None
+        self._resumed_selector_state: dict | None = None
         # After train(): {"forwarded", "backpropagated", "refresh_forwarded"}, summed over ranks.
         self.sample_counters: dict[str, int] | None = None
 
@@ -141,12 +151,27 @@ class KakurenboMixin:
                 raise ValueError(
                     f"KakurenboTrainer needs a whole number of epochs, got num_train_epochs={args.num_train_epochs}."
                 )
+        if strategy_class(self.hiding_args.hiding_strategy).selects_per_batch:
+            self._check_batch_selection()
         strategy = getattr(args, "train_sampling_strategy", "random")
         if strategy not in _SAMPLER_ORDERS:
             raise ValueError(
                 f"KakurenboTrainer does not support train_sampling_strategy={strategy!r}: its samplers decide per rank "
                 "which samples to train, which cannot leave out a hidden set that every rank shares. Use one of "
                 f"{sorted(_SAMPLER_ORDERS)} ('group_by_length' also groups by length), or the plain Trainer."
+            )
+
+    def _check_batch_selection(self) -> None:
+        """Refuse what a per-batch selection would get wrong: ranks that share a batch (tensor, context or
+        sequence parallelism) would each draw their own subset of it."""
+        config = getattr(self.accelerator, "parallelism_config", None)
+        shared = int(getattr(config, "non_data_parallel_size", 1) or 1) if config is not None else 1
+        shared = max(shared, int(getattr(self.model, "_tp_size", None) or 1))
+        if shared > 1:
+            raise ValueError(
+                f"hiding_strategy={self.hiding_args.hiding_strategy!r} selects rows of each process's batch, but "
+                f"{shared} processes share each batch here (tensor/context/sequence parallelism): each would draw its "
+                "own subset of the same batch. Use data parallelism only (DDP, FSDP, DeepSpeed ZeRO), or another strategy."
             )
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -227,6 +252,8 @@ class KakurenboMixin:
                 f"{self.label_names or ['labels']} (or set `label_names`)."
             )
         self._check_one_row_per_sample(batch)
+        if strategy_class(self.hiding_args.hiding_strategy).selects_per_batch:  # fails now, not after the warm-up
+            take_rows(batch, np.arange(1), len(batch[SAMPLE_INDEX_KEY]))
 
     def _labels_of(self, inputs):
         for name in (self.label_names or []) + ["labels", "label"]:
@@ -243,8 +270,9 @@ class KakurenboMixin:
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
         if sample_indices is not None and model.training and self._recorder is not None:
-            sample_loss, confidence, correct = self.per_sample_statistics_fn(outputs, labels)
-            self._recorder.add(sample_indices, sample_loss, confidence, correct, step=self.state.global_step)
+            if not self._selecting_batches:  # else: recorded by the batch's scoring pass (get_batch_samples)
+                sample_loss, confidence, correct = self.per_sample_statistics_fn(outputs, labels)
+                self._recorder.add(sample_indices, sample_loss, confidence, correct, step=self.state.global_step)
             self._count_samples(len(sample_indices), len(sample_indices))
         return (loss, outputs) if return_outputs else loss
 
@@ -279,6 +307,43 @@ class KakurenboMixin:
             )
         dataset.on_read_start = read_hook
 
+    # --- per-batch selection (Selective Backprop) ----------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The step's micro-batches; in a selecting epoch, each reduced to the rows its scoring pass keeps.
+
+        `num_items_in_batch` is then counted over the kept rows (of every micro-batch, and of every
+        rank with `average_tokens_across_devices`), so the loss is normalised exactly as the plain
+        Trainer's would be if it were given the kept rows as its batches.
+        """
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not self._selecting_batches or not batch_samples:
+            return batch_samples, num_items_in_batch
+        kept = [self._keep_selected_rows(batch, micro_batch) for micro_batch, batch in enumerate(batch_samples)]
+        return kept, self._get_num_items_in_batch(kept, device)
+
+    def _keep_selected_rows(self, batch, micro_batch: int):
+        """Forward `batch` without gradients in eval mode (no BatchNorm update, no dropout, as the reference
+        code), record every sample's statistics, and return the rows the selector keeps."""
+        indices = batch[SAMPLE_INDEX_KEY]
+        inputs = self._prepare_inputs({key: value for key, value in batch.items() if key != SAMPLE_INDEX_KEY})
+        labels = self._labels_of(inputs)
+        if (self.label_smoother is not None or self.compute_loss_func is not None) and "labels" in inputs:
+            inputs = {key: value for key, value in inputs.items() if key != "labels"}  # as Trainer.compute_loss
+        model = self._training_model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss, confidence, correct = self.per_sample_statistics_fn(model(**inputs), labels)
+        finally:
+            model.train(was_training)
+        self._recorder.add(indices, loss, confidence, correct, step=self.state.global_step)
+        self._count_samples(len(indices), 0)
+        keep = self._batch_selector.select(loss.float().cpu().numpy(), step=self.state.global_step,
+                                           micro_batch=micro_batch)
+        return take_rows(batch, np.flatnonzero(keep), len(indices))
+
     # --- the epoch -----------------------------------------------------------------------------
 
     def _start_hiding(self, num_epochs: int) -> None:
@@ -289,6 +354,15 @@ class KakurenboMixin:
         if self._resumed_hiding_state is not None:
             self.hiding_engine.load_state_dict(self._resumed_hiding_state)
         self.hiding_sampler.seed = self.hiding_engine.seed
+        strategy = self.hiding_engine.strategy
+        self._batch_selector = strategy.batch_selector(self.accelerator.process_index) if strategy.selects_per_batch else None
+        if self._batch_selector is not None and self._resumed_hiding_state is not None:
+            if self._resumed_selector_state is not None:
+                self._batch_selector.load_state_dict(self._resumed_selector_state)
+            else:
+                logger.warning("The checkpoint has no loss history for process %d (saved with another number of "
+                               "processes?): its Selective Backprop history starts empty.",
+                               self.accelerator.process_index)
 
     def _plan_epoch(self, model, epoch: int) -> EpochPlan:
         """Refresh last epoch's hidden samples, then choose this epoch's hidden set."""
@@ -345,6 +419,8 @@ class KakurenboMixin:
                 "sample %d of %d of the epoch's order.",
                 epoch, self._samples_per_step(), resume.saved_samples_per_step, done, sampler.epoch_size,
             )
+        self._selecting_batches = self._batch_selector is not None and plan.target_fraction > 0
+        self._training_model = model
         if engine.enabled or plan.start_sample:
             steps_in_epoch = len(train_dataloader)
             num_update_steps_per_epoch = max(math.ceil(steps_in_epoch / self.args.gradient_accumulation_steps), 1)
@@ -393,6 +469,7 @@ class KakurenboMixin:
 
     def train(self, *args, **kwargs):
         self._resumed_hiding_state = None  # set again by _load_from_checkpoint when resuming
+        self._resumed_selector_state = None
         self._sample_counts = [0, 0]
         return super().train(*args, **kwargs)
 
@@ -400,7 +477,11 @@ class KakurenboMixin:
         # A fresh engine per loop (auto_find_batch_size retries it); a resumed state is reloaded.
         self.hiding_engine = None
         self._recorder = None
-        return super()._inner_training_loop(*args, **kwargs)
+        self._batch_selector, self._selecting_batches = None, False
+        try:
+            return super()._inner_training_loop(*args, **kwargs)
+        finally:
+            self._selecting_batches, self._training_model = False, None
 
     # --- checkpoints and resume ----------------------------------------------------------------
 
@@ -412,6 +493,8 @@ class KakurenboMixin:
             folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
             if self._rng_before_last_read is not None:  # every rank: its own transforms' RNG
                 save_snapshot(self._rng_before_last_read, folder, self.accelerator.process_index)
+            if self._batch_selector is not None:  # every rank: its own loss history
+                save_rank_state(self._batch_selector.state_dict(), folder, self.accelerator.process_index)
             if self.args.should_save:
                 save_hiding_state(self.hiding_engine.state_dict(), folder)
         super()._save_checkpoint(model, trial)
@@ -427,6 +510,7 @@ class KakurenboMixin:
             except ValueError as error:
                 raise ValueError(f"{os.path.join(resume_from_checkpoint, HIDING_STATE_NAME)}: {error}") from error
         self._resumed_hiding_state = state
+        self._resumed_selector_state = load_rank_state(resume_from_checkpoint, self.accelerator.process_index)
         self._resume_checkpoint = resume_from_checkpoint
 
     def _load_best_model(self) -> None:

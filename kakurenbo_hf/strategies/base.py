@@ -14,6 +14,8 @@ What a strategy can ask of the trainer, beyond a hidden set per epoch (all optio
 - `HidingDecision.weights`: per-sample loss weights for the epoch (the trainer then backpropagates
   the weighted per-sample loss instead of the model's mean; see the README).
 - `HidingDecision.draws`: the epoch's samples drawn with replacement (a multiset sampler).
+- `selects_per_batch` / `batch_selector`: a selection inside each training step (Selective
+  Backprop): the trainer scores every batch without gradients and backpropagates the rows kept.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class HidingStrategy(ABC):
     # The engine refreshes the statistics of last epoch's hidden samples before `select` (when
     # `refresh_hidden`). False: this strategy's decision never reads them (e.g. a static set).
     refreshes_hidden: bool = True
+    # True: the trainer scores each training batch without gradients and backpropagates only the
+    # rows `batch_selector(rank)` keeps, in every epoch whose target fraction F_e > 0.
+    selects_per_batch: bool = False
 
     def __init__(self, confidence_threshold: float = 0.7, seed: int = 0, *, arguments=None,
                  num_samples: int = 0, num_epochs: int = 1):
@@ -101,6 +106,14 @@ class HidingStrategy(ABC):
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         if state:
             raise ValueError(f"strategy {type(self).__name__} keeps no state, got {sorted(state)}")
+
+    def batch_selector(self, rank: int):
+        """This rank's per-batch selector (`selects_per_batch` strategies only).
+
+        It has `select(loss, step, micro_batch) -> bool mask` (at least one True) and
+        `state_dict()` / `load_state_dict()`, checkpointed per rank.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not select per batch")
 
     @abstractmethod
     def select(self, stats: SampleStats, target_fraction: float, epoch: int) -> HidingDecision:
