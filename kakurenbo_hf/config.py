@@ -102,7 +102,10 @@ class KakurenboArguments:
             "help": "How the hidden set is chosen: 'kakurenbo' (low loss and confident) or 'random' "
             "(uniformly at random: floor(F_e * N) samples, or as many as kakurenbo would hide with "
             "random_count='kakurenbo'); 'epsilon_greedy', 'ucb' (Raju et al. 2021), 'forget' (Toneva et al. 2019); "
-            "'selective_backprop' (per batch: backpropagate the samples whose recent-loss percentile wins a draw)."
+            "'selective_backprop' (per batch: backpropagate the samples whose recent-loss percentile wins a draw); "
+            "'infobatch' (InfoBatch: prune below-mean-loss samples with probability infobatch_prune_ratio, "
+            "upweight the kept ones) and 'iswr' (importance sampling with replacement, loss-proportional, "
+            "unbiased by loss weights) weight each sample's loss (see the README)."
         },
     )
 
@@ -168,6 +171,44 @@ class KakurenboArguments:
         metadata={
             "help": "hiding_strategy='forget': epochs (>= 2) whose forgetting events are counted before the hidden "
             "set is fixed for the rest of training (at the first epoch >= max(this, hiding_warmup_epochs))."
+        },
+    )
+    # --- infobatch (strategies/infobatch.py) and iswr (strategies/iswr.py): weighted strategies ---
+    infobatch_prune_ratio: float = field(
+        default=0.5,
+        metadata={
+            "help": "InfoBatch's r in (0, 0.9]: each sample whose latest loss is below the mean is left out of the "
+            "epoch with probability r, and the kept ones get loss weight 1/(1-r). hiding_fraction only switches "
+            "infobatch on (> 0)."
+        },
+    )
+    infobatch_delta: float = field(
+        default=0.875,
+        metadata={
+            "help": "InfoBatch's delta in (0, 1]: epoch e (from 0) prunes while e + 1 <= delta * num_train_epochs; "
+            "the last epochs (12.5% by default) train on every sample with weight 1."
+        },
+    )
+    iswr_smoothing: float = field(
+        default=0.5,
+        metadata={
+            "help": "ISWR's s in [0, 1]: sample i is drawn with probability (1 - s) * loss_i / sum(loss) + s / N "
+            "(0.5: Needell, Srebro and Ward's partially biased sampling; loss weights then stay <= 1/s)."
+        },
+    )
+    iswr_draws_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "ISWR draws per epoch as a fraction of N, in (0, 1]. Default: as many as KAKURENBO's epoch "
+            "would keep visible at most, N - floor(F_e * N) (F_e: hiding_fraction with its schedule)."
+        },
+    )
+    iswr_unbiased: bool = field(
+        default=True,
+        metadata={
+            "help": "ISWR weights each drawn sample's loss by 1/(N p_i), so a batch's mean loss estimates the full "
+            "data's without bias. False: the model's own loss on the drawn samples (biased towards high loss, as "
+            "the KAKURENBO authors' ISWR baseline)."
         },
     )
 

@@ -52,10 +52,15 @@ def broadcast_decision(hidden_bits: np.ndarray | None, plan: dict | None, num_by
     dist.broadcast_object_list(header, src=0, device=device if device.type != "cpu" else None)
     plan, num_weights, num_draws = header[0]
     bits = _broadcast_array(hidden_bits if is_main else None, num_bytes, torch.uint8, device)
+    # None where rank 0 has none: another rank's arguments may still hold the last epoch's arrays.
     if num_weights is not None:
         weights = _broadcast_array(weights if is_main else None, num_weights, torch.float32, device)
+    else:
+        weights = None
     if num_draws is not None:
         draws = _broadcast_array(draws.astype(np.int64) if is_main else None, num_draws, torch.int64, device)
+    else:
+        draws = None
     return bits, plan, weights, draws
 
 

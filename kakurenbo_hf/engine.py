@@ -99,6 +99,12 @@ class HidingEngine:
         )
         if self.stats is not None and self.strategy.observes:
             self.stats.on_update = partial(self.strategy.observe, self.stats)
+        if self.enabled and self.lr_compensation != arguments.lr_compensation:
+            logger.info("hiding_strategy=%r applies lr_compensation=%r (its rule), not %r",
+                        arguments.hiding_strategy, self.lr_compensation, arguments.lr_compensation)
+        if self.enabled and arguments.refresh_hidden and not self.strategy.refreshes_hidden:
+            logger.info("hiding_strategy=%r scores left-out samples by their latest training loss: no refresh pass",
+                        arguments.hiding_strategy)
         self.hidden_bits = np.zeros((self.num_samples + 7) // 8, dtype=np.uint8)  # the epoch's hidden set
         # The epoch's per-sample loss weights (float32, N) and multiset of draws, when the strategy
         # asks for them (see `HidingDecision`); None otherwise. Held by every rank.
@@ -141,6 +147,11 @@ class HidingEngine:
             args.hiding_warmup_epochs,
         )
 
+    @property
+    def lr_compensation(self) -> str:
+        """The LR compensation mode in force: the strategy's own where its rule fixes one."""
+        return self.strategy.lr_compensation or self.arguments.lr_compensation
+
     def samples_to_refresh(self, next_epoch: int) -> np.ndarray:
         """Indices hidden in the current epoch whose statistics are refreshed before `next_epoch`.
 
@@ -149,7 +160,7 @@ class HidingEngine:
         epoch divisible by R = round(1 / refresh_fraction)), so that a sample hidden R epochs in a
         row is refreshed at least once in them.
         """
-        if not self.arguments.refresh_hidden or not self.strategy.refreshes_hidden:
+        if not (self.arguments.refresh_hidden and self.strategy.refreshes_hidden):
             return np.empty(0, dtype=np.int64)
         hidden = np.flatnonzero(self.hidden)
         period = max(1, round(1.0 / self.arguments.refresh_fraction))
@@ -181,7 +192,7 @@ class HidingEngine:
         self.weights, self.draws = decision.weights, decision.draws
         trained = decision.draws.size if decision.draws is not None else self.num_samples - decision.num_hidden
         factor = 1.0 if no_statistics else lr_factor(
-            self.arguments.lr_compensation, target, 1.0 - trained / self.num_samples
+            self.lr_compensation, target, 1.0 - trained / self.num_samples
         )
         plan = EpochPlan(
             epoch=epoch,
@@ -222,6 +233,9 @@ class HidingEngine:
                 f"than {limit} (the most it may: floor(F_e * N) with F_e = {target:g}, and fewer than N); an epoch "
                 "must keep samples"
             )
+        if decision.weights is not None and not self.strategy.weights_losses(self.arguments):
+            raise ValueError(f"strategy {name!r} returned loss weights but does not declare them "
+                             "(`uses_loss_weights = True`): the trainer would not apply them")
         if decision.weights is not None and (
             decision.weights.shape != (self.num_samples,) or decision.weights.dtype != np.float32
             or not np.isfinite(decision.weights).all() or (decision.weights < 0).any()

@@ -13,6 +13,10 @@ tiny ViT or DeiT on generated data. Every rank writes, under `DIR/<name>/`:
     - `refresh`: per refresh pass the full index array handed to `_refresh` and the indices this
       rank actually recomputed
     - `steps`: per training forward pass (global step, epoch, this rank's loss)
+    - `weighted_steps`: per training forward pass of an epoch with loss weights: the samples, their
+      weights in this rank's engine, the sum of weight x plain cross-entropy (recomputed here),
+      the Trainer's `num_items_in_batch` and the loss returned; the epochs also record the
+      engine's `weights` and `draws`
     - `log_history`, `plans` (the engine's epoch plans), `checkpoints` (steps saved)
 - `weights_rank<R>.safetensors`: the final model weights of this rank.
 
@@ -33,6 +37,7 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import Trainer, TrainingArguments
 
@@ -48,7 +53,7 @@ class RecordingMixin:
     """Notes what the rank trains on and the loss of every training forward pass."""
 
     def _init_records(self):
-        self.records = {"epochs": {}, "refresh": [], "steps": []}
+        self.records = {"epochs": {}, "refresh": [], "steps": [], "weighted_steps": []}
         self._current_epoch = None
 
     def _epoch_record(self, epoch):
@@ -59,11 +64,22 @@ class RecordingMixin:
         training = model.training
         if training and indices is not None:
             self._epoch_record(self._current_epoch)["trained"].extend(int(i) for i in indices.reshape(-1).tolist())
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        labels = inputs.get("labels")
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if training:
-            loss = result[0] if return_outputs else result
-            self.records["steps"].append([int(self.state.global_step), self._current_epoch, float(loss.detach().item())])
-        return result
+            step_loss = float(loss.detach().item())
+            self.records["steps"].append([int(self.state.global_step), self._current_epoch, step_loss])
+            engine = getattr(self, "hiding_engine", None)
+            if engine is not None and engine.weights is not None and indices is not None:
+                plain = F.cross_entropy(outputs.logits.detach().float(), labels, reduction="none").cpu()
+                weights = torch.from_numpy(engine.weights)[indices.reshape(-1).cpu().long()]
+                self.records["weighted_steps"].append({
+                    "step": int(self.state.global_step), "indices": indices.reshape(-1).tolist(),
+                    "weights": weights.tolist(), "weighted_sum": float((weights * plain).sum()),
+                    "num_items": None if num_items_in_batch is None else float(num_items_in_batch),
+                    "loss": step_loss,
+                })
+        return (loss, outputs) if return_outputs else loss
 
     def _run_epoch(self, *args, **kwargs):
         self._current_epoch = int(kwargs["epoch"] if "epoch" in kwargs else args[1])
@@ -75,6 +91,9 @@ class RecordingMixin:
             record["sampler_hidden"] = np.flatnonzero(self.hiding_sampler.hidden).tolist()
             record["order"] = self.hiding_sampler.epoch_order().tolist()
             record["sampler_epoch"] = int(self.hiding_sampler.epoch)
+            engine = self.hiding_engine
+            record["weights"] = None if engine.weights is None else engine.weights.tolist()
+            record["draws"] = None if engine.draws is None else engine.draws.tolist()
         return result
 
 

@@ -12,7 +12,10 @@ What a strategy can ask of the trainer, beyond a hidden set per epoch (all optio
   running moments). Runs where the table is (the main process).
 - `state_dict` / `load_state_dict`: arrays that an exact resume needs (checkpointed with the table).
 - `HidingDecision.weights`: per-sample loss weights for the epoch (the trainer then backpropagates
-  the weighted per-sample loss instead of the model's mean; see the README).
+  the weighted per-sample loss instead of the model's mean; see `weighting.py` and the README).
+  Declare them with `uses_loss_weights = True`.
+- `refreshes_hidden = False`: no refresh pass (left-out samples keep their latest training loss);
+  `lr_compensation = "none"` (or another mode): the LR rule the strategy needs, whatever is asked.
 - `HidingDecision.draws`: the epoch's samples drawn with replacement (a multiset sampler).
 - `selects_per_batch` / `batch_selector`: a selection inside each training step (Selective
   Backprop): the trainer scores every batch without gradients and backpropagates the rows kept.
@@ -72,6 +75,12 @@ class HidingStrategy(ABC):
     # True: the trainer scores each training batch without gradients and backpropagates only the
     # rows `batch_selector(rank)` keeps, in every epoch whose target fraction F_e > 0.
     selects_per_batch: bool = False
+    # Its decisions carry per-sample loss `weights`: the trainer then checks, before training,
+    # that it can reproduce the model's loss per sample (see `weighting.py`).
+    uses_loss_weights: bool = False
+    # The `lr_compensation` mode the rule needs whatever the argument says (None: the argument's),
+    # e.g. "none" where the loss weights already keep the epoch's summed gradient.
+    lr_compensation: str | None = None
 
     def __init__(self, confidence_threshold: float = 0.7, seed: int = 0, *, arguments=None,
                  num_samples: int = 0, num_epochs: int = 1):
@@ -84,6 +93,11 @@ class HidingStrategy(ABC):
     @classmethod
     def validate_arguments(cls, arguments) -> None:
         """Raise `ValueError` naming the field if one of this strategy's knobs is out of range."""
+
+    @classmethod
+    def weights_losses(cls, arguments) -> bool:
+        """Whether its decisions under `arguments` may carry loss weights (default: `uses_loss_weights`)."""
+        return cls.uses_loss_weights
 
     def observe(self, stats: SampleStats, indices: np.ndarray, loss: np.ndarray, confidence: np.ndarray,
                 correct: np.ndarray) -> None:
