@@ -334,7 +334,8 @@ def parse_method(spec: str) -> tuple[str, dict]:
     `baseline` (or `plain`) is the plain Trainer; any other base is a registered hiding strategy
     (`kakurenbo_hf.strategies.available_strategies()`): KakurenboTrainer with
     hiding_strategy=<base>. Overrides are fields of `KakurenboArguments`, converted to the type of
-    their default (lists with `/`: `hiding_decay_factors=1/1/1`). `plain` comes back as `baseline`.
+    their default (lists with `/`: `hiding_decay_milestones=0.333/0.667,hiding_decay_factors=0.8/0.6`; empty:
+    `hiding_decay_factors=`). `plain` comes back as `baseline`.
     """
     from kakurenbo_hf import KakurenboArguments
 
@@ -355,7 +356,7 @@ def parse_method(spec: str) -> tuple[str, dict]:
         elif isinstance(current, (int, float)):
             overrides[key] = type(current)(value)
         elif isinstance(current, list):
-            overrides[key] = [float(v) for v in value.split("/")]
+            overrides[key] = [float(v) for v in value.split("/") if v]  # empty: an empty list
         else:
             overrides[key] = value
     if base == "baseline" and overrides:

@@ -16,7 +16,7 @@ Usage (reference workload: ViT, 32x32 fractal images (10 classes x 150 train, x 
 A method is `baseline` or a registered strategy (KakurenboTrainer with hiding_strategy=<name>; the
 default list's `random:random_count=kakurenbo` hides as many samples as KAKURENBO, uniformly: the
 matched-count control), optionally followed by `:field=value,...` overriding fields of `KakurenboArguments` (lists with
-`/`, e.g. `kakurenbo:hiding_decay_factors=1/1/1`).
+`/`, e.g. `kakurenbo:hiding_decay_milestones=0.5,hiding_decay_factors=0.5`).
 
 Reported per method (mean ± std [min–max] over seeds): train-only wall time (refresh and
 selection included, per-epoch evaluation excluded), train-only process CPU time (all threads of

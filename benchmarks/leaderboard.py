@@ -9,7 +9,7 @@ Usage (one torch thread on CPU; one run of a workload takes about 10-15 s here, 
 
     python -m benchmarks.leaderboard                                      # every strategy, 4 workloads, seeds 0 1 2
     python -m benchmarks.leaderboard --workloads vit_fractal text --methods plain kakurenbo random --seeds 0
-    python -m benchmarks.leaderboard --methods plain kakurenbo "nodecay=kakurenbo:hiding_decay_factors=1/1/1"
+    python -m benchmarks.leaderboard --methods plain kakurenbo "f30=kakurenbo:hiding_fraction=0.3"
     python -m benchmarks.leaderboard --vit-fractal-instances-per-class 1000 --vit-fractal-hidden-size 192 \\
         --text-train-samples 50000 --timm-cnn-channels 64/128/256/512 ...                   # GPU scale
     python -m benchmarks.leaderboard --help                                # every size flag, with its default
@@ -164,6 +164,8 @@ def run_one(method: Method, seed: int, wl: workloads.Prepared) -> dict:
         "final_accuracy": epochs[-1]["accuracy"] if epochs else None,
         "per_epoch": epochs,
         "hidden_per_epoch": [int(h["hidden"]) for h in hiding],
+        # The refresh pass (and the statistics transfer before the selection), included in train_seconds.
+        "refresh_seconds": float(sum(h.get("refresh_seconds", 0.0) for h in hiding)),
         **sample_counts(trainer, len(wl.train), wl.settings.epochs, hiding, method),
     }
     del trainer, model

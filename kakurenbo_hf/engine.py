@@ -266,6 +266,37 @@ class HidingEngine:
         else:
             self.plans.append(plan)
 
+    def avoid_last_batch_of_one(self, batch_size: int) -> bool:
+        """Train one sample more when the current epoch would end with a batch of a single sample.
+
+        A model with BatchNorm cannot train on a batch of one (with 1x1 feature maps PyTorch raises).
+        The plain Trainer meets that only when N % batch == 1; a hiding run's epoch length changes every
+        epoch, so it could meet it in any epoch. The hidden sample with the highest loss (the least
+        learned; the lowest index among ties) is trained after all; a multiset epoch draws its first
+        sample once more. Runs where the table is, before the decision is broadcast. Returns whether
+        the plan changed.
+        """
+        plan = self.current_plan
+        if batch_size < 2 or plan is None or plan.num_trained % batch_size != 1 or not (plan.num_hidden or
+                                                                                          plan.num_draws):
+            return False
+        if self.draws is not None:
+            self.draws = np.append(self.draws, self.draws[0])
+            plan.num_draws = int(self.draws.size)
+        else:
+            hidden = self.hidden
+            candidates = np.flatnonzero(hidden)
+            losses = np.nan_to_num(self.stats.loss[candidates], nan=np.inf)
+            hidden[candidates[int(np.argmax(losses))]] = False
+            self.hidden = hidden
+            plan.num_hidden -= 1
+        if plan.lr_factor != 1.0:
+            plan.lr_factor = lr_factor(self.lr_compensation, plan.target_fraction,
+                                       1.0 - plan.num_trained / self.num_samples)
+        logger.info("epoch %d: training one sample more so that its last batch is not a single sample (BatchNorm)",
+                    plan.epoch)
+        return True
+
     def note_refresh(self, seconds: float, num_refreshed: int) -> None:
         """The refresh pass that preceded the current epoch's selection took `seconds` for `num_refreshed` samples."""
         self.current_plan.refresh_seconds = float(seconds) if num_refreshed else 0.0

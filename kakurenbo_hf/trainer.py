@@ -506,6 +506,8 @@ class KakurenboMixin:
         self._flush_statistics()
         refresh_seconds = time.perf_counter() - started if len(to_refresh) else 0.0
         plan = engine.plan_epoch(epoch) if engine.holds_table else None
+        if plan is not None and self._last_batch_may_be_one():
+            engine.avoid_last_batch_of_one(self._train_batch_size)
         if self.accelerator.num_processes > 1:  # decided once, on the main process; the others adopt it
             bits, values, weights, draws = broadcast_decision(
                 engine.hidden_bits if plan else None, asdict(plan) if plan else None, engine.hidden_bits.size,
@@ -515,6 +517,15 @@ class KakurenboMixin:
                 engine.adopt(EpochPlan(**values), bits, weights=weights, draws=draws)
         engine.note_refresh(refresh_seconds, len(to_refresh))
         return engine.current_plan
+
+    def _last_batch_may_be_one(self) -> bool:
+        """Whether an epoch of the wrong length would end with a one-sample batch that the model cannot train
+        on: BatchNorm in training mode, no `dataloader_drop_last`, and batches not evened out across ranks."""
+        if self.args.dataloader_drop_last:
+            return False
+        if self.accelerator.num_processes > 1 and self.accelerator.even_batches:
+            return False  # accelerate completes the last batch of every rank
+        return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in self.model.modules())
 
     def _samples_per_step(self) -> int:
         """Samples of the epoch's order one optimizer step consumes (all ranks, all micro-batches)."""

@@ -306,9 +306,9 @@ def test_leaderboard_methods_and_time_to_accuracy():
     from kakurenbo_hf.strategies import available_strategies
 
     assert leaderboard.default_methods() == ["plain", *available_strategies()]
-    methods = leaderboard.parse_methods(["random", "nodecay=kakurenbo:hiding_decay_factors=1/1/1", "kakurenbo"])
-    assert [m.label for m in methods] == ["plain", "random", "nodecay", "kakurenbo"]
-    assert methods[2].base == "kakurenbo" and methods[2].overrides["hiding_decay_factors"] == [1.0, 1.0, 1.0]
+    methods = leaderboard.parse_methods(["random", "f30=kakurenbo:hiding_fraction=0.3", "kakurenbo"])
+    assert [m.label for m in methods] == ["plain", "random", "f30", "kakurenbo"]
+    assert methods[2].base == "kakurenbo" and methods[2].overrides["hiding_fraction"] == 0.3
     assert methods[1].overrides == {"hiding_strategy": "random"}
     with pytest.raises(ValueError, match="unique"):
         leaderboard.parse_methods(["kakurenbo", "kakurenbo:hiding_fraction=0.5", "kakurenbo"])

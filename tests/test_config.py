@@ -14,10 +14,11 @@ from kakurenbo_hf.config import KakurenboArguments
 
 def test_defaults():
     args = KakurenboArguments()
-    assert args.hiding_fraction == 0.3
+    # Chosen on the leaderboard (README, "Defaults"): F = 0.5, no decay, a 0.15 refresh slice.
+    assert args.hiding_fraction == 0.5
     assert args.confidence_threshold == 0.7
-    assert args.hiding_decay_factors == [0.8, 0.6, 0.4]
-    assert args.hiding_decay_milestones == pytest.approx([1 / 3, 2 / 3, 8 / 9])
+    assert args.hiding_decay_factors == [] and args.hiding_decay_milestones == []
+    assert args.refresh_fraction == 0.15
     assert args.lr_compensation == "realized"  # cannot raise the LR when nothing is hidden
     assert args.resume_without_hiding_state is False
     assert args.refresh_hidden is True
@@ -26,7 +27,18 @@ def test_defaults():
     # list defaults are not shared between instances
     other = KakurenboArguments()
     other.hiding_decay_factors.append(0.1)
-    assert KakurenboArguments().hiding_decay_factors == [0.8, 0.6, 0.4]
+    assert KakurenboArguments().hiding_decay_factors == []
+
+
+def test_the_papers_schedule_is_one_argument_set_away():
+    from kakurenbo_hf.config import PAPER_DECAY_FACTORS, PAPER_DECAY_MILESTONES, PAPER_HIDING_FRACTION
+    from kakurenbo_hf.schedule import target_hiding_fraction
+
+    args = KakurenboArguments(hiding_fraction=PAPER_HIDING_FRACTION, hiding_decay_milestones=list(PAPER_DECAY_MILESTONES),
+                              hiding_decay_factors=list(PAPER_DECAY_FACTORS))
+    fractions = [target_hiding_fraction(e, 90, args.hiding_fraction, args.hiding_decay_milestones,
+                                        args.hiding_decay_factors, 1) for e in (0, 1, 29, 30, 60, 80, 89)]
+    assert fractions == pytest.approx([0.0, 0.3, 0.3, 0.24, 0.18, 0.12, 0.12])
 
 
 def test_every_field_has_help():
@@ -71,7 +83,7 @@ def test_valid_edge_values():
     KakurenboArguments(confidence_threshold=0.0)
     KakurenboArguments(confidence_threshold=1.0)
     KakurenboArguments(hiding_decay_milestones=[], hiding_decay_factors=[])
-    KakurenboArguments(hiding_decay_factors=[1.0, 0.0, 0.0])
+    KakurenboArguments(hiding_decay_milestones=[0.2, 0.5, 0.9], hiding_decay_factors=[1.0, 0.0, 0.0])
     for mode in ("target", "realized", "none"):
         KakurenboArguments(lr_compensation=mode)
     KakurenboArguments(hiding_strategy="random", hiding_warmup_epochs=5)
@@ -185,6 +197,7 @@ def test_training_arguments_subclass(tmp_path):
             "--use_cpu",
             "--learning_rate", "0.001",
             "--hiding_fraction", "0.2",
+            "--hiding_decay_milestones", "0.25", "0.5", "0.75",
             "--hiding_decay_factors", "0.9", "0.8", "0.7",
             "--refresh_hidden", "false",
             "--report_to", "none",
@@ -195,7 +208,8 @@ def test_training_arguments_subclass(tmp_path):
     assert args.hiding_decay_factors == [0.9, 0.8, 0.7]
     assert args.refresh_hidden is False
     assert args.hiding_arguments() == KakurenboArguments(
-        hiding_fraction=0.2, hiding_decay_factors=[0.9, 0.8, 0.7], refresh_hidden=False
+        hiding_fraction=0.2, hiding_decay_milestones=[0.25, 0.5, 0.75], hiding_decay_factors=[0.9, 0.8, 0.7],
+        refresh_hidden=False,
     )
     # positional use, as with TrainingArguments
     assert KakurenboTrainingArguments(str(tmp_path), report_to="none").output_dir == str(tmp_path)

@@ -366,3 +366,62 @@ def test_resume_with_random_augmentation_is_exact(augmented_run, where):
     assert strip(resumed) == strip(full)
     assert np.array_equal(resumed.hiding_engine.hidden, full.hiding_engine.hidden)
     assert same_weights(resumed.model, full.model)
+
+
+# --- BatchNorm and a last batch of one sample --------------------------------------------------
+
+
+class _BatchNormClassifier(torch.nn.Module):
+    """Linear -> BatchNorm1d -> Linear: training on a batch of one raises in BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU())
+        self.head = torch.nn.Linear(16, 2)
+
+    def forward(self, features=None, labels=None):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        logits = self.head(self.body(features))
+        return SequenceClassifierOutput(loss=torch.nn.functional.cross_entropy(logits, labels), logits=logits)
+
+
+def test_batchnorm_never_gets_a_last_batch_of_one(tmp_path):
+    """96 samples, batch 16, 15 hidden would leave 81 = 5 x 16 + 1: one sample more is trained instead."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(96, 8)).astype(np.float32)
+    data = Dataset.from_dict({"features": features.tolist(), "labels": (features[:, 0] > 0).astype(int).tolist()})
+    data.set_format("torch")
+    batch_sizes = []
+
+    class Recording(KakurenboTrainer):
+        def compute_loss(self, model, inputs, **kwargs):
+            if model.training:
+                batch_sizes.append(int(inputs["labels"].shape[0]))
+            return super().compute_loss(model, inputs, **kwargs)
+
+    plain_model = _BatchNormClassifier()
+    plain = Trainer(model=plain_model, args=args_for(TrainingArguments, tmp_path / "plain", num_train_epochs=1),
+                    train_dataset=data.select(range(81)))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        plain.train()  # what the same epoch length does to the plain Trainer
+
+    args = args_for(KakurenboTrainingArguments, tmp_path / "k", hiding_strategy="random", random_count="exact",
+                    hiding_fraction=15 / 96)
+    trainer = Recording(model=_BatchNormClassifier(), args=args, train_dataset=data)
+    trainer.train()
+    hiding_plans = trainer.hiding_engine.plans[1:]
+    assert hiding_plans and all(plan.num_hidden == 14 and plan.num_trained == 82 for plan in hiding_plans)
+    assert min(batch_sizes) >= 2
+    assert sum(batch_sizes) == 96 + 82 * len(hiding_plans)
+    hidden = trainer.hiding_engine.hidden
+    assert hidden.sum() == 14
+
+
+def test_last_batch_of_one_is_left_alone_without_batchnorm(tmp_path, train_set):
+    args = args_for(KakurenboTrainingArguments, tmp_path, hiding_strategy="random", random_count="exact",
+                    hiding_fraction=15 / 96)
+    trainer = KakurenboTrainer(model=make_vit(seed=0), args=args, train_dataset=train_set, data_collator=collate)
+    trainer.train()
+    assert all(plan.num_hidden == 15 for plan in trainer.hiding_engine.plans[1:])

@@ -343,6 +343,8 @@ FORGET_CORRECT = {
 
 
 def forget_engine(n, fraction, counting=4, seed=0, num_epochs=8, **kwargs) -> HidingEngine:
+    # the paper's decay schedule (the tests check that the static set ignores it)
+    kwargs = {"hiding_decay_milestones": [1 / 3, 2 / 3, 8 / 9], "hiding_decay_factors": [0.8, 0.6, 0.4], **kwargs}
     args = KakurenboArguments(hiding_strategy="forget", hiding_fraction=fraction, forget_counting_epochs=counting,
                               **kwargs)
     return HidingEngine(n, num_epochs=num_epochs, arguments=args, seed=seed)
@@ -377,7 +379,7 @@ def test_forget_drops_the_least_forgotten(fraction, expected):
 
 
 def test_forget_set_is_static_and_ignores_decay_and_later_predictions():
-    # 8 epochs, default decay: F_e = 0.5 * 0.8 from epoch 3, * 0.6 from 6 (with F_e = 0 nothing would be hidden)
+    # 8 epochs, the paper's decay: F_e = 0.5 * 0.8 from epoch 3, * 0.6 from 6 (with F_e = 0 nothing would be hidden)
     engine = forget_engine(8, 0.625, lr_compensation="realized")
     run_counting(engine, FORGET_CORRECT, 4)
     chosen = engine.hidden.copy()

@@ -358,9 +358,15 @@ def test_new_strategy_is_a_one_file_change(clean_registry, tmp_path, monkeypatch
 # --- HidingEngine ----------------------------------------------------------------------------
 
 
+PAPER_SETTINGS = dict(hiding_fraction=0.3, hiding_decay_milestones=[1 / 3, 2 / 3, 8 / 9],
+                      hiding_decay_factors=[0.8, 0.6, 0.4], refresh_fraction=0.25)
+
+
 def _learned_engine(n=100, num_epochs=10, **kwargs) -> HidingEngine:
     """Engine whose samples all have been seen: loss = index, all correct, confidence 0.99
-    except samples 0..9 (confidence 0.5, moved back when candidates)."""
+    except samples 0..9 (confidence 0.5, moved back when candidates). The paper's settings (F 0.3,
+    decay 0.8/0.6/0.4 at 1/3, 2/3, 8/9) unless overridden: the numbers below follow them."""
+    kwargs = {**PAPER_SETTINGS, **kwargs}
     engine = HidingEngine(n, num_epochs=num_epochs, arguments=KakurenboArguments(**kwargs), seed=0)
     confidence = np.full(n, 0.99)
     confidence[:10] = 0.5
@@ -471,7 +477,8 @@ def test_engine_state_dict_round_trip(tmp_path):
     # arrays and plain values only: survives np.savez / a plain dict copy
     np.savez(tmp_path / "state.npz", hidden=state["hidden"], **state["stats"])
 
-    restored = HidingEngine(100, num_epochs=10, arguments=KakurenboArguments(hiding_strategy="random"), seed=0)
+    restored = HidingEngine(100, num_epochs=10, arguments=KakurenboArguments(hiding_strategy="random", **PAPER_SETTINGS),
+                           seed=0)
     restored.load_state_dict(state)
     np.testing.assert_array_equal(restored.hidden, engine.hidden)
     for name in ("loss", "confidence", "correct"):
@@ -514,7 +521,8 @@ def test_engine_resume_uses_saved_seed():
     saved.strategy.seed = 7
     saved.plan_epoch(1)
     state = saved.state_dict()
-    resumed = HidingEngine(100, num_epochs=10, arguments=KakurenboArguments(hiding_strategy="random"), seed=99)
+    resumed = HidingEngine(100, num_epochs=10, arguments=KakurenboArguments(hiding_strategy="random", **PAPER_SETTINGS),
+                           seed=99)
     resumed.load_state_dict(state)
     assert resumed.seed == 7
     saved.plan_epoch(2)

@@ -29,7 +29,8 @@ STRATEGIES = {
     "random": {"hiding_strategy": "random"},
     "epsilon_greedy": {"hiding_strategy": "epsilon_greedy", "epsilon_greedy_epsilon": 0.3},
     "ucb": {"hiding_strategy": "ucb", "ucb_exploration": 1.0, "ucb_decay": 0.5},
-    "forget": {"hiding_strategy": "forget", "forget_counting_epochs": 2},
+    "forget": {"hiding_strategy": "forget", "forget_counting_epochs": 2,  # the paper's decay: the set ignores it
+               "hiding_decay_milestones": [1 / 3, 2 / 3, 8 / 9], "hiding_decay_factors": [0.8, 0.6, 0.4]},
 }
 SAVE_STEPS = {2: 3, 1: 7}  # per number of processes: several checkpoints inside epoch 1
 

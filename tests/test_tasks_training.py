@@ -23,7 +23,10 @@ from lm_helpers import LENGTH, lm_dataset, tiny_gpt2
 def lm_args(tmp_path, **overrides):
     values = dict(output_dir=str(tmp_path / "out"), num_train_epochs=6, per_device_train_batch_size=8,
                   learning_rate=1e-2, report_to="none", save_strategy="no", use_cpu=True, logging_strategy="epoch",
-                  hiding_fraction=0.5, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+                  hiding_fraction=0.5, disable_tqdm=True, seed=0, dataloader_num_workers=0,
+                  # the paper's decay and a quarter refresh: the step numbers below (checkpoints) follow them
+                  hiding_decay_milestones=[1 / 3, 2 / 3, 8 / 9], hiding_decay_factors=[0.8, 0.6, 0.4],
+                  refresh_fraction=0.25)
     values.update(overrides)
     return KakurenboTrainingArguments(**values)
 
@@ -82,16 +85,20 @@ def test_causal_lm_resume_is_exact(tmp_path):
                                                                            logging_strategy="steps"),
                                            train_dataset=data)
     full.train()
-    checkpoint = os.path.join(str(tmp_path / "a" / "out"), "checkpoint-33")  # mid-epoch, after hiding started
+    # A checkpoint inside a hiding epoch (not at its start) that is followed by another epoch.
+    plans = full.hiding_engine.plans
+    step = next(s for s in range(11, full.state.global_step, 11)
+                if any(p.num_hidden and p.start_step < s < p.start_step + p.update_steps for p in plans[:-1]))
+    checkpoint = os.path.join(str(tmp_path / "a" / "out"), f"checkpoint-{step}")
     assert os.path.exists(os.path.join(checkpoint, "kakurenbo_state.safetensors"))
     resumed = record_hidden(KakurenboTrainer)(model=tiny_gpt2(seed=1), args=lm_args(tmp_path / "a", logging_steps=1,
                                                                                     logging_strategy="steps"),
                                               train_dataset=data)
     resumed.train(resume_from_checkpoint=checkpoint)
     steps = lambda t: {e["step"]: e["loss"] for e in t.state.log_history if "loss" in e}  # noqa: E731
-    after = {s: v for s, v in steps(full).items() if s > 33}
-    assert after and after == {s: v for s, v in steps(resumed).items() if s > 33}
-    assert full.hidden_sets[-len(resumed.hidden_sets):] == resumed.hidden_sets
+    after = {s: v for s, v in steps(full).items() if s > step}
+    assert after and after == {s: v for s, v in steps(resumed).items() if s > step}
+    assert resumed.hidden_sets and full.hidden_sets[-len(resumed.hidden_sets):] == resumed.hidden_sets
     for a, b in zip(full.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
 

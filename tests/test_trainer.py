@@ -270,9 +270,9 @@ def test_deit_and_default_collator_with_unused_columns(tmp_path):
 def test_plain_training_arguments_get_default_hiding(tmp_path, train_set):
     args = TrainingArguments(output_dir=str(tmp_path / "o"), num_train_epochs=2, **COMMON)
     trainer = KakurenboTrainer(model=make_vit(), args=args, train_dataset=train_set, data_collator=collate)
-    assert trainer.hiding_args.hiding_fraction == 0.3
+    assert trainer.hiding_args.hiding_fraction == 0.5
     trainer.train()
-    assert [p.target_fraction for p in trainer.hiding_engine.plans] == pytest.approx([0.0, 0.3 * 0.8])  # epoch 1 of 2 is past the first milestone (1/3)
+    assert [p.target_fraction for p in trainer.hiding_engine.plans] == pytest.approx([0.0, 0.5])  # no decay by default
 
 
 # --- bad input ----------------------------------------------------------------------------------
