@@ -30,7 +30,7 @@ import random
 import time
 from functools import partial
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import datasets
@@ -50,14 +50,13 @@ from .engine import EpochPlan, HidingEngine
 from .indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
 from .recorder import StatsRecorder
 from .refresh import plan_refresh_batches, run_refresh
-from .rng import load_snapshot, restore, save_snapshot, snapshot
+from .rng import save_snapshot
 from .sampler import HidingSampler
 from .schedule import find_virtual_scheduler, wrap_scheduler
 from .strategies.base import strategy_class
 from .strategies.selective_backprop import take_rows
-from .tasks import AutoStatistics, TaskStatistics, auto_statistics, detect_statistics
-from .tasks.builtin import fused_log_probs, output_field
-from .weighting import DeviceWeights, loss_form, normalisation_matches, per_sample_loss_sums, weighted_loss
+from .tasks import auto_statistics
+from .trainer_glue import BatchSelectionMixin, LossWeightingMixin, ResumeMixin, _ResumePoint
 
 logger = logging.get_logger(__name__)
 
@@ -80,7 +79,7 @@ def default_per_sample_statistics(outputs, labels: torch.Tensor, model=None):
 _SAMPLER_ORDERS = {"random": "random", "sequential": "sequential", "group_by_length": "custom"}
 
 
-class KakurenboMixin:
+class KakurenboMixin(ResumeMixin, LossWeightingMixin, BatchSelectionMixin):
     """KAKURENBO sample hiding for any `transformers.Trainer` subclass (Nguyen et al., NeurIPS 2023).
 
     Put it first among the bases: `class MyTrainer(KakurenboMixin, Seq2SeqTrainer)`.
@@ -164,19 +163,6 @@ class KakurenboMixin:
                 f"KakurenboTrainer does not support train_sampling_strategy={strategy!r}: its samplers decide per rank "
                 "which samples to train, which cannot leave out a hidden set that every rank shares. Use one of "
                 f"{sorted(_SAMPLER_ORDERS)} ('group_by_length' also groups by length), or the plain Trainer."
-            )
-
-    def _check_batch_selection(self) -> None:
-        """Refuse what a per-batch selection would get wrong: ranks that share a batch (tensor, context or
-        sequence parallelism) would each draw their own subset of it."""
-        config = getattr(self.accelerator, "parallelism_config", None)
-        shared = int(getattr(config, "non_data_parallel_size", 1) or 1) if config is not None else 1
-        shared = max(shared, int(getattr(self.model, "_tp_size", None) or 1))
-        if shared > 1:
-            raise ValueError(
-                f"hiding_strategy={self.hiding_args.hiding_strategy!r} selects rows of each process's batch, but "
-                f"{shared} processes share each batch here (tensor/context/sequence parallelism): each would draw its "
-                "own subset of the same batch. Use data parallelism only (DDP, FSDP, DeepSpeed ZeRO), or another strategy."
             )
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -283,131 +269,6 @@ class KakurenboMixin:
                 loss = self._weighted_loss(loss, outputs, labels, sample_indices, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
-    # --- per-sample loss weights (weighted strategies; see weighting.py) ------------------------
-
-    def _reset_loss_weighting(self) -> None:
-        self._loss_form = None  # how the model computes its loss, found at the first step
-        self._normalise_by_items: bool | None = None  # its denominator (None: not checked yet)
-        self._device_weights = DeviceWeights()
-
-    def _weighted_strategy_name(self) -> str | None:
-        """The hiding strategy's name if it weights per-sample losses and hiding is on, else None."""
-        name = self.hiding_args.hiding_strategy
-        weighted = self.hiding_args.hiding_fraction > 0 and strategy_class(name).weights_losses(self.hiding_args)
-        return name if weighted else None
-
-    def _check_loss_weighting_arguments(self) -> None:
-        """Before training: refuse what makes a weighted per-sample loss differ from the model's loss."""
-        name = self._weighted_strategy_name()
-        if name is None:
-            return
-        statistics = self.per_sample_statistics_fn
-        cause = None
-        if self.compute_loss_func is not None:
-            cause = ("a `compute_loss_func` computes the loss, which per-sample weights cannot reproduce; drop it (the "
-                     "model's own cross-entropy is then weighted)")
-        elif self.args.n_gpu > 1:
-            cause = (f"{self.args.n_gpu} GPUs run in one process (torch.nn.DataParallel), whose per-GPU losses the "
-                     "weights cannot follow; launch one process per GPU (`torchrun` or `accelerate launch`)")
-        elif not (statistics == self._default_statistics or isinstance(statistics, TaskStatistics)):
-            cause = ("a custom `per_sample_statistics_fn` gives statistics, not the differentiable per-sample loss the "
-                     "weights multiply; pass one of the built-in statistics classes of kakurenbo_hf.tasks (or none: "
-                     "the model's task is detected)")
-        elif isinstance(statistics, TaskStatistics) and not isinstance(statistics, AutoStatistics):
-            try:
-                loss_form(statistics, self.args.label_smoothing_factor)
-            except ValueError as error:
-                cause = str(error)
-        if cause is not None:
-            raise ValueError(
-                f"hiding_strategy={name!r} trains on per-sample weighted losses, but {cause}. Or use "
-                "hiding_strategy='kakurenbo' or 'random', which leave the model's loss untouched."
-            )
-
-    def _weighting_form(self, outputs, labels):
-        """The model's loss as a `LossForm` (its task detected as the built-in statistics detect it)."""
-        if fused_log_probs(outputs) is not None:
-            raise ValueError(
-                f"hiding_strategy={self.hiding_args.hiding_strategy!r} weights per-sample losses computed from the "
-                "logits, but the model returns fused per-token log-probs (TRL's fused LM head) instead. Turn the fused "
-                "head off, or use hiding_strategy='kakurenbo' or 'random'."
-            )
-        statistics = self.per_sample_statistics_fn
-        if isinstance(statistics, AutoStatistics):
-            statistics = detect_statistics(statistics.model if statistics.model is not None else self.model,
-                                           outputs, labels)
-        elif not isinstance(statistics, TaskStatistics):  # the default: detected from the model
-            statistics = detect_statistics(self.model, outputs, labels)
-        try:
-            return loss_form(statistics, self.args.label_smoothing_factor)
-        except ValueError as error:
-            raise ValueError(f"hiding_strategy={self.hiding_args.hiding_strategy!r}: {error} Nothing was trained.") \
-                from error
-
-    def _trainer_loss_scale(self, num_items_in_batch) -> float:
-        """The factor `Trainer.compute_loss` applies to a loss normalised over every rank's items."""
-        averaged = self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
-        if averaged and num_items_in_batch is not None:
-            if self.args.n_gpu > 1:
-                return self.args.n_gpu
-            tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
-            return self.accelerator.num_processes // tp_size
-        return 1
-
-    def _weighted_loss(self, loss, outputs, labels, sample_indices, num_items_in_batch):
-        """The epoch's weighted per-sample loss (the model's `loss` in epochs without weights).
-
-        At the first training step of each `train()` call the unweighted form is compared with the
-        model's loss (`_choose_normalisation`); the run stops on every rank if they differ.
-        """
-        weights = self.hiding_engine.weights
-        if weights is None and self._normalise_by_items is not None:
-            return loss
-        if self._loss_form is None:
-            self._loss_form = self._weighting_form(outputs, labels)
-        logits = output_field(outputs, "logits")
-        items = num_items_in_batch if self.model_accepts_loss_kwargs and num_items_in_batch is not None else None
-        scale = self._trainer_loss_scale(num_items_in_batch)
-        with torch.no_grad() if weights is None else nullcontext():
-            sums, counts = per_sample_loss_sums(logits, labels, self._loss_form)
-        if self._normalise_by_items is None:
-            self._choose_normalisation(loss, sums.detach(), counts, items, scale, outputs, logits)
-        if weights is None:
-            return loss
-        sample_weights = self._device_weights(weights, sample_indices, sums.device)
-        return weighted_loss(sums, counts, sample_weights, items if self._normalise_by_items else None, scale)
-
-    def _choose_normalisation(self, model_loss, sums, counts, items, scale, outputs, logits) -> None:
-        """Which denominator reproduces the model's loss: the Trainer's `num_items_in_batch` (models that
-        use it) or the micro-batch's count (models that ignore it and take the batch mean). Stops
-        before the first update, on every rank, if neither does.
-        """
-        auxiliary = output_field(outputs, "aux_loss")
-        matches = [auxiliary is None and match for match in normalisation_matches(
-            model_loss, sums, counts, items, scale, low_precision=logits.dtype != torch.float32)]
-        if self.accelerator.num_processes > 1:  # a form every rank reproduces, or none
-            votes = torch.tensor([int(match) for match in matches], device=self.args.device)
-            matches = [int(v) == self.accelerator.num_processes
-                       for v in self.accelerator.reduce(votes, reduction="sum").tolist()]
-        if matches[0] or matches[1]:
-            self._normalise_by_items = bool(matches[0])  # where both agree, the Trainer's own normalisation
-            return
-        self._normalise_by_items = False
-        name = self.hiding_args.hiding_strategy
-        if auxiliary is not None:
-            cause = ("the model adds an auxiliary loss (`aux_loss`, e.g. a mixture-of-experts router's load-balancing "
-                     "loss) to its cross-entropy; set `output_router_logits=False` in its config to train without it")
-        else:
-            ours = weighted_loss(sums, counts, None, items, scale)
-            cause = (f"the model's loss at the first step ({float(model_loss.detach()):.6g}, on some rank) is not the "
-                     f"{self._loss_form.task} cross-entropy the weights reproduce ({float(ours):.6g}): it has other "
-                     "terms or another normalisation (class weights, a custom loss in the model or in a Trainer "
-                     "subclass's compute_loss); make the model's loss the plain cross-entropy")
-        raise ValueError(
-            f"hiding_strategy={name!r} trains on per-sample weighted losses, but {cause}. Or use "
-            "hiding_strategy='kakurenbo' or 'random', which leave the model's loss untouched. Nothing was trained."
-        )
-
     def _flush_statistics(self) -> None:
         """Send every rank's records to the table (on the main process). Collective."""
         if self._recorder is not None:
@@ -438,43 +299,6 @@ class KakurenboMixin:
                 pin_memory=self.args.dataloader_pin_memory,
             )
         dataset.on_read_start = read_hook
-
-    # --- per-batch selection (Selective Backprop) ----------------------------------------------
-
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """The step's micro-batches; in a selecting epoch, each reduced to the rows its scoring pass keeps.
-
-        `num_items_in_batch` is then counted over the kept rows (of every micro-batch, and of every
-        rank with `average_tokens_across_devices`), so the loss is normalised exactly as the plain
-        Trainer's would be if it were given the kept rows as its batches.
-        """
-        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if not self._selecting_batches or not batch_samples:
-            return batch_samples, num_items_in_batch
-        kept = [self._keep_selected_rows(batch, micro_batch) for micro_batch, batch in enumerate(batch_samples)]
-        return kept, self._get_num_items_in_batch(kept, device)
-
-    def _keep_selected_rows(self, batch, micro_batch: int):
-        """Forward `batch` without gradients in eval mode (no BatchNorm update, no dropout, as the reference
-        code), record every sample's statistics, and return the rows the selector keeps."""
-        indices = batch[SAMPLE_INDEX_KEY]
-        inputs = self._prepare_inputs({key: value for key, value in batch.items() if key != SAMPLE_INDEX_KEY})
-        labels = self._labels_of(inputs)
-        if (self.label_smoother is not None or self.compute_loss_func is not None) and "labels" in inputs:
-            inputs = {key: value for key, value in inputs.items() if key != "labels"}  # as Trainer.compute_loss
-        model = self._training_model
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), self.compute_loss_context_manager():
-                loss, confidence, correct = self.per_sample_statistics_fn(model(**inputs), labels)
-        finally:
-            model.train(was_training)
-        self._recorder.add(indices, loss, confidence, correct, step=self.state.global_step)
-        self._count_samples(len(indices), 0)
-        keep = self._batch_selector.select(loss.float().cpu().numpy(), step=self.state.global_step,
-                                           micro_batch=micro_batch)
-        return take_rows(batch, np.flatnonzero(keep), len(indices))
 
     # --- the epoch -----------------------------------------------------------------------------
 
@@ -662,45 +486,6 @@ class KakurenboMixin:
         if not load_with_key_conversion(self.state.best_model_checkpoint, self.model):
             super()._load_best_model()
 
-    def _remember_rng_state(self) -> None:
-        """Before each training read: the RNG state its random transforms start from (see rng.py)."""
-        self._rng_before_last_read = snapshot()
-
-    def _replay_rng_at_first_read(self, checkpoint: str) -> None:
-        """Mid-epoch resume: replay the uninterrupted run's RNG draws around the first batch read.
-
-        Before the first read, the state the same read started from in the uninterrupted run; right
-        after it, the Trainer's checkpointed state (which already held that read's draws). The
-        Trainer's own later restore is skipped. Without this rank's snapshot (an older checkpoint,
-        another number of processes) the Trainer restores the RNG as usual.
-        """
-        before_read = load_snapshot(checkpoint, self.accelerator.process_index)
-        dataset = self._indexed_train_dataset
-        if before_read is None or self._resume.new_geometry:
-            return
-
-        def start():
-            restore(before_read)
-            self._rng_before_last_read = before_read
-            dataset.on_read_start = self._remember_rng_state
-
-        def end():
-            dataset.on_read_end = None
-            self._restore_rng_state_once(checkpoint)
-
-        dataset.on_read_start, dataset.on_read_end = start, end
-
-    def _restore_rng_state_once(self, checkpoint: str) -> None:
-        """Restore the checkpoint's RNG state now; the Trainer's own next restore is then skipped."""
-        super()._load_rng_state(checkpoint)
-        self._rng_state_restored = True
-
-    def _load_rng_state(self, checkpoint) -> None:
-        if getattr(self, "_rng_state_restored", False):
-            self._rng_state_restored = False  # restored already, at the right moment
-            return
-        super()._load_rng_state(checkpoint)
-
     def _finalize_training(self, trial, num_train_samples, start_time):
         # The Trainer assumes full epochs; count the samples really trained for its speed metrics.
         if self.hiding_engine is not None and self.hiding_engine.enabled:
@@ -724,60 +509,6 @@ class KakurenboMixin:
             "backpropagated": backpropagated,
             "refresh_forwarded": sum(plan.num_refreshed for plan in plans),
         }
-
-    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
-        epochs_trained, steps_trained = super()._init_training_state(
-            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
-        )
-        self._resume = _ResumePoint()
-        self._rng_state_restored = False
-        if resume_from_checkpoint is None:
-            return epochs_trained, steps_trained
-        plans = (self._resumed_hiding_state or {}).get("plans") or []
-        if self._resumed_hiding_state is None:
-            return self._resume_without_state(resume_from_checkpoint, epochs_trained, steps_trained)
-        if not plans:
-            return epochs_trained, steps_trained
-        # The Trainer assumes full-length epochs; the saved plans know each epoch's true length.
-        last = EpochPlan(**plans[-1])
-        done_in_segment = self.state.global_step - last.start_step
-        if done_in_segment >= last.update_steps:
-            return last.epoch + 1, 0
-        if last.samples_per_step and last.samples_per_step != self._samples_per_step() and not self.args.ignore_data_skip:
-            self._resume = _ResumePoint(new_geometry=True, saved_samples_per_step=last.samples_per_step)
-            return last.epoch, 0
-        return last.epoch, 0 if self.args.ignore_data_skip else done_in_segment * self.args.gradient_accumulation_steps
-
-    def _resume_without_state(self, checkpoint: str, epochs_trained: int, steps_trained: int) -> tuple[int, int]:
-        """A checkpoint without hiding state: fine for a run that never hid; refused (or opted in) otherwise."""
-        hid = [entry for entry in self.state.log_history if entry.get("kakurenbo/hidden", 0) > 0]
-        if not hid:
-            logger.info("%s has no hiding state and its run never hid a sample: hiding starts afresh.", checkpoint)
-            return epochs_trained, steps_trained
-        if not self.hiding_args.resume_without_hiding_state:
-            raise ValueError(
-                f"{checkpoint} has no {HIDING_STATE_NAME}, but its run hid samples (trainer_state.json logs "
-                f"kakurenbo/hidden = {hid[-1]['kakurenbo/hidden']} at step {hid[-1].get('step')}): its epochs were "
-                "shorter than full ones, so the Trainer cannot tell where to resume. Copy the whole checkpoint folder, "
-                "or set resume_without_hiding_state=True to continue at the next epoch boundary with hiding restarted "
-                "from fresh statistics."
-            )
-        epoch_progress = float(self.state.epoch or 0.0)
-        next_epoch = math.ceil(epoch_progress - 1e-9)
-        skipped = next_epoch - epoch_progress
-        if skipped > 1e-9:
-            logger.warning(
-                "%s has no hiding state: skipping the rest of epoch %d (%.0f%% of it) and continuing at epoch %d with "
-                "hiding restarted from fresh statistics (resume_without_hiding_state=True).",
-                checkpoint, next_epoch - 1, 100 * skipped, next_epoch,
-            )
-        else:
-            logger.warning(
-                "%s has no hiding state: continuing at epoch %d with hiding restarted from fresh statistics "
-                "(resume_without_hiding_state=True).", checkpoint, next_epoch,
-            )
-        self._resume = _ResumePoint(skipped_to_boundary=True)
-        return next_epoch, 0
 
     # --- tasks ---------------------------------------------------------------------------------
 
@@ -847,13 +578,6 @@ class KakurenboTrainer(KakurenboMixin, Trainer):
     """
 
 
-class _ResumePoint:
-    """How the epoch being resumed differs from an exact continuation (one-shot, then cleared)."""
-
-    def __init__(self, new_geometry: bool = False, saved_samples_per_step: int = 0, skipped_to_boundary: bool = False):
-        self.new_geometry = new_geometry
-        self.saved_samples_per_step = saved_samples_per_step
-        self.skipped_to_boundary = skipped_to_boundary
 
 
 def _length_grouped_order(visible: np.ndarray, generator: torch.Generator, lengths: np.ndarray, group_size: int):
