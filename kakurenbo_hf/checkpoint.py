@@ -108,14 +108,15 @@ def rank_state_file_name(rank: int) -> str:
     return f"kakurenbo_rank_state_{rank}.safetensors"
 
 
-def save_rank_state(arrays: dict[str, np.ndarray], folder: str, rank: int) -> str:
-    """Write one process's own strategy state (a per-batch strategy's loss history) next to the hiding state.
+def save_rank_state(arrays: dict[str, np.ndarray], folder: str, rank: int, file_name: str | None = None) -> str:
+    """Write one process's own state next to the hiding state: a per-batch strategy's loss history, or
+    (with `file_name`) its RNG snapshot (`rng.py`).
 
     Every rank writes its own file (CRC-32 of each array in the metadata); returns the path.
     """
     os.makedirs(folder, exist_ok=True)
     tensors = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
-    path = os.path.join(folder, rank_state_file_name(rank))
+    path = os.path.join(folder, file_name or rank_state_file_name(rank))
     save_file(tensors, path, metadata={"checksums": json.dumps({name: _crc(array) for name, array in tensors.items()})})
     return path
 

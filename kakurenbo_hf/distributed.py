@@ -53,14 +53,9 @@ def broadcast_decision(hidden_bits: np.ndarray | None, plan: dict | None, num_by
     plan, num_weights, num_draws = header[0]
     bits = _broadcast_array(hidden_bits if is_main else None, num_bytes, torch.uint8, device)
     # None where rank 0 has none: another rank's arguments may still hold the last epoch's arrays.
-    if num_weights is not None:
-        weights = _broadcast_array(weights if is_main else None, num_weights, torch.float32, device)
-    else:
-        weights = None
-    if num_draws is not None:
-        draws = _broadcast_array(draws.astype(np.int64) if is_main else None, num_draws, torch.int64, device)
-    else:
-        draws = None
+    weights = None if num_weights is None else _broadcast_array(weights if is_main else None, num_weights,
+                                                                torch.float32, device)
+    draws = None if num_draws is None else _broadcast_array(draws if is_main else None, num_draws, torch.int64, device)
     return bits, plan, weights, draws
 
 

@@ -190,20 +190,18 @@ class HidingEngine:
             decision = nothing
         self.hidden = decision.hidden
         self.weights, self.draws = decision.weights, decision.draws
-        trained = decision.draws.size if decision.draws is not None else self.num_samples - decision.num_hidden
-        factor = 1.0 if no_statistics else lr_factor(
-            self.lr_compensation, target, 1.0 - trained / self.num_samples
-        )
         plan = EpochPlan(
             epoch=epoch,
             target_fraction=target,
             num_hidden=decision.num_hidden,
             num_candidates=decision.num_candidates,
             moved_back=decision.moved_back,
-            lr_factor=factor,
+            lr_factor=1.0,
             num_samples=self.num_samples,
             num_draws=0 if decision.draws is None else int(decision.draws.size),
         )
+        if not no_statistics:
+            plan.lr_factor = self._lr_factor(plan)
         self.plans.append(plan)
         logger.info(
             "epoch %d: hiding %d of %d samples (%.1f%%, target %.1f%%, %d candidates moved back), lr x%.3f",
@@ -291,11 +289,14 @@ class HidingEngine:
             self.hidden = hidden
             plan.num_hidden -= 1
         if plan.lr_factor != 1.0:
-            plan.lr_factor = lr_factor(self.lr_compensation, plan.target_fraction,
-                                       1.0 - plan.num_trained / self.num_samples)
+            plan.lr_factor = self._lr_factor(plan)
         logger.info("epoch %d: training one sample more so that its last batch is not a single sample (BatchNorm)",
                     plan.epoch)
         return True
+
+    def _lr_factor(self, plan: EpochPlan) -> float:
+        """The plan's LR factor from the fraction it leaves untrained (and F_e, for `target`)."""
+        return lr_factor(self.lr_compensation, plan.target_fraction, 1.0 - plan.num_trained / self.num_samples)
 
     def note_refresh(self, seconds: float, num_refreshed: int) -> None:
         """The refresh pass that preceded the current epoch's selection took `seconds` for `num_refreshed` samples."""

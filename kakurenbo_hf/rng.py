@@ -20,7 +20,9 @@ import random
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+
+from .checkpoint import save_rank_state
 
 
 def rng_file_name(rank: int) -> str:
@@ -50,10 +52,7 @@ def restore(state: dict[str, np.ndarray]) -> None:
 
 
 def save_snapshot(state: dict[str, np.ndarray], folder: str, rank: int) -> str:
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, rng_file_name(rank))
-    save_file({key: np.ascontiguousarray(value) for key, value in state.items()}, path)
-    return path
+    return save_rank_state(state, folder, rank, file_name=rng_file_name(rank))
 
 
 def load_snapshot(folder: str, rank: int) -> dict[str, np.ndarray] | None:

@@ -108,12 +108,10 @@ class HidingSampler(Sampler[int]):
         hidden = np.asarray(hidden, dtype=bool)
         if hidden.shape != (self.num_samples,):
             raise ValueError(f"hidden mask must have shape ({self.num_samples},), got {hidden.shape}")
-        self._hidden_bits = np.packbits(hidden)
-        self._num_hidden = int(np.count_nonzero(hidden))
-        self._reset_epoch_order()
+        self.set_hidden_bits(np.packbits(hidden))
 
     def set_hidden_bits(self, bits: np.ndarray) -> None:
-        """`set_hidden` from a packed bitmask (`np.packbits` of the mask, N/8 bytes), unpacked in chunks."""
+        """`set_hidden` from a packed bitmask (`np.packbits` of the mask, N/8 bytes; counted without unpacking)."""
         bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
         if bits.size != (self.num_samples + 7) // 8:
             raise ValueError(f"hidden bitmask must have {(self.num_samples + 7) // 8} bytes, got {bits.size}")

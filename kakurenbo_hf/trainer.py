@@ -328,7 +328,7 @@ class KakurenboMixin(ResumeMixin, LossWeightingMixin, BatchSelectionMixin):
         if len(to_refresh):
             self._refresh(model, to_refresh)
         self._flush_statistics()
-        refresh_seconds = time.perf_counter() - started if len(to_refresh) else 0.0
+        refresh_seconds = time.perf_counter() - started  # the plan keeps it only when something was refreshed
         plan = engine.plan_epoch(epoch) if engine.holds_table else None
         if plan is not None and self._last_batch_may_be_one():
             engine.avoid_last_batch_of_one(self._train_batch_size)

@@ -41,6 +41,9 @@ import numpy as np
 
 from ..stats import SampleStats
 from .base import HidingDecision, HidingStrategy, register_strategy
+from .selection import epoch_generator, knob
+
+_STREAM = 0x494E464F  # "INFO": apart from the sampler's and the other strategies' streams
 
 MAX_PRUNE_RATIO = 0.9  # the published code clamps the keep ratio to >= 0.1
 
@@ -73,9 +76,8 @@ class InfoBatchStrategy(HidingStrategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        arguments = self.arguments
-        self.prune_ratio = float(getattr(arguments, "infobatch_prune_ratio", 0.5))
-        self.delta = float(getattr(arguments, "infobatch_delta", 0.875))
+        self.prune_ratio = float(knob(self.arguments, "infobatch_prune_ratio"))
+        self.delta = float(knob(self.arguments, "infobatch_delta"))
 
     @classmethod
     def validate_arguments(cls, arguments) -> None:
@@ -95,7 +97,7 @@ class InfoBatchStrategy(HidingStrategy):
         mean = float(np.mean(scores[finite], dtype=np.float64)) if finite.any() else np.inf
         well_learned = np.flatnonzero(finite & (scores < mean))
         kept = keep_count(well_learned.size, self.prune_ratio)
-        rng = np.random.default_rng([self.seed, epoch, 0x494E464F])  # "INFO": apart from the sampler's stream
+        rng = epoch_generator(self.seed, epoch, _STREAM)
         kept_indices = rng.choice(well_learned, size=kept, replace=False) if kept else well_learned[:0]
         hidden[well_learned] = True
         hidden[kept_indices] = False

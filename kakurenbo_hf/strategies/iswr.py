@@ -42,6 +42,9 @@ import numpy as np
 
 from ..stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
+from .selection import epoch_generator, knob
+
+_STREAM = 0x49535752  # "ISWR": apart from the sampler's and the other strategies' streams
 
 
 def sampling_probabilities(loss: np.ndarray, smoothing: float) -> np.ndarray:
@@ -81,10 +84,9 @@ class ISWRStrategy(HidingStrategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        arguments = self.arguments
-        self.smoothing = float(getattr(arguments, "iswr_smoothing", 0.5))
-        self.draws_fraction = getattr(arguments, "iswr_draws_fraction", None)
-        self.unbiased = bool(getattr(arguments, "iswr_unbiased", True))
+        self.smoothing = float(knob(self.arguments, "iswr_smoothing"))
+        self.draws_fraction = knob(self.arguments, "iswr_draws_fraction")
+        self.unbiased = bool(knob(self.arguments, "iswr_unbiased"))
 
     @classmethod
     def weights_losses(cls, arguments) -> bool:
@@ -102,7 +104,7 @@ class ISWRStrategy(HidingStrategy):
         num_samples = stats.num_samples
         probabilities = sampling_probabilities(stats.loss, self.smoothing)
         count = num_draws(num_samples, target_fraction, self.draws_fraction)
-        rng = np.random.default_rng([self.seed, epoch, 0x49535752])  # "ISWR": apart from the sampler's stream
+        rng = epoch_generator(self.seed, epoch, _STREAM)
         draws = rng.choice(num_samples, size=count, replace=True, p=probabilities).astype(np.int64)
         hidden = np.ones(num_samples, dtype=bool)
         hidden[draws] = False

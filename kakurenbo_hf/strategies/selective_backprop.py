@@ -53,6 +53,7 @@ import torch
 
 from ..stats import SampleStats
 from .base import HidingDecision, HidingStrategy, register_strategy
+from .selection import knob
 
 DEFAULT_BETA = 3.0
 DEFAULT_HISTORY = 1024
@@ -193,11 +194,10 @@ class SelectiveBackpropStrategy(HidingStrategy):
         return HidingDecision(hidden=np.zeros(stats.num_samples, dtype=bool), num_candidates=0, moved_back=0)
 
     def batch_selector(self, rank: int) -> BackpropSelector:
-        args = self.arguments
         return BackpropSelector(
-            beta=getattr(args, "selective_backprop_beta", DEFAULT_BETA),
-            history_size=getattr(args, "selective_backprop_history", DEFAULT_HISTORY),
-            min_probability=getattr(args, "selective_backprop_min_probability", 0.0),
+            beta=knob(self.arguments, "selective_backprop_beta"),
+            history_size=knob(self.arguments, "selective_backprop_history"),
+            min_probability=knob(self.arguments, "selective_backprop_min_probability"),
             seed=self.seed,
             rank=rank,
         )
