@@ -8,6 +8,12 @@ that names it.
 
 A per-batch strategy's per-process state (Selective Backprop's loss history) goes into one file
 per rank, `kakurenbo_rank_state_<rank>.safetensors`, checksummed the same way.
+
+A table sharded across P ranks (see `sharding.py`) is written by every rank as its own rows,
+`kakurenbo_table_<rank>_of_<P>.safetensors` (its first and last sample in the metadata); the main
+file then holds no statistics. Any rank reads any range of rows from either layout
+(`load_table_rows`), so a run resumes on another number of processes; the reads go chunk by chunk
+(checksums included), so a resumed rank never holds more than its own rows and a few MiB.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ import zlib
 import numpy as np
 from safetensors.numpy import save_file
 
+from .sharding import Shard
+
 HIDING_STATE_NAME = "kakurenbo_state.safetensors"
+_READ_CHUNK = 1 << 22  # rows per read of a table array
 
 # Arrays at the top level of the state; the groups' arrays are stored as "<group>_<name>".
 _TOP_ARRAYS = ("hidden", "order_rng_state", "weights", "draws")
@@ -36,7 +45,10 @@ def save_hiding_state(state: dict, folder: str) -> str:
     """Write `HidingEngine.state_dict()` to `folder/kakurenbo_state.safetensors`; returns the path."""
     os.makedirs(folder, exist_ok=True)
     tensors = {key: np.ascontiguousarray(state[key]) for key in _TOP_ARRAYS if key in state}
+    shards = int(state.get("table_shards", 1))
     for group in _GROUPS:
+        if group == "stats" and shards > 1:
+            continue  # every rank writes its rows (`save_table_shard`)
         for key, array in (state.get(group) or {}).items():
             tensors[f"{group}_{key}"] = np.ascontiguousarray(array)
     metadata = {
@@ -44,6 +56,7 @@ def save_hiding_state(state: dict, folder: str) -> str:
         "num_samples": str(state["num_samples"]),
         "seed": str(state["seed"]),
         "plans": json.dumps(state["plans"]),
+        "table_shards": str(shards),
         "checksums": json.dumps({name: _crc(array) for name, array in tensors.items()}),
     }
     path = os.path.join(folder, HIDING_STATE_NAME)
@@ -51,10 +64,85 @@ def save_hiding_state(state: dict, folder: str) -> str:
     return path
 
 
-def load_hiding_state(folder: str, with_stats: bool = True) -> dict | None:
+def table_shard_name(rank: int, num_ranks: int) -> str:
+    return f"kakurenbo_table_{rank}_of_{num_ranks}.safetensors"
+
+
+def save_table_shard(stats_state: dict[str, np.ndarray], shard: Shard, folder: str) -> str:
+    """Write this rank's rows of a sharded table (`SampleStats.state_dict()`); returns the path."""
+    os.makedirs(folder, exist_ok=True)
+    tensors = {name: np.ascontiguousarray(array) for name, array in stats_state.items()}
+    metadata = {"start": str(shard.start), "stop": str(shard.stop), "num_samples": str(shard.num_samples),
+                "checksums": json.dumps({name: _crc(array) for name, array in tensors.items()})}
+    path = os.path.join(folder, table_shard_name(shard.rank, shard.num_ranks))
+    save_file(tensors, path, metadata=metadata)
+    return path
+
+
+def load_table_rows(folder: str, start: int, stop: int) -> dict[str, np.ndarray]:
+    """The statistics of samples [start, stop) from a checkpoint, whole or sharded.
+
+    Every array a range touches is read whole, chunk by chunk, to check its checksum; only the
+    range's rows are kept. Raises `ValueError` naming the file if one is missing, unreadable or
+    corrupt.
+    """
+    from safetensors import safe_open
+
+    main_path = os.path.join(folder, HIDING_STATE_NAME)
+    try:
+        with safe_open(main_path, framework="numpy") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:
+        raise ValueError(f"{main_path} cannot be read as a kakurenbo_hf hiding state ({type(error).__name__}: "
+                         f"{error}); the file is truncated or corrupt.") from error
+    num_samples, shards = int(metadata["num_samples"]), int(metadata.get("table_shards", 1))
+    if not 0 <= start <= stop <= num_samples:
+        raise ValueError(f"rows [{start}, {stop}) are outside the saved table of {num_samples} samples")
+    if shards <= 1:
+        sources = [(main_path, "stats_", 0)]
+    else:
+        from .sharding import shard_of
+
+        sources = []
+        for rank in range(shards):
+            saved = shard_of(num_samples, shards, rank)
+            if saved.start < stop and start < saved.stop:
+                sources.append((os.path.join(folder, table_shard_name(rank, shards)), "", saved.start))
+    from .stats import SampleStats
+
+    rows = SampleStats(stop - start, start=start) if stop > start or start else None
+    out = rows.state_dict() if rows is not None else {}
+    for path, prefix, first in sources:
+        if not os.path.isfile(path):
+            raise ValueError(f"{path} is missing: the checkpoint's statistics table was saved in {shards} parts")
+        try:
+            with safe_open(path, framework="numpy") as handle:
+                checksums = json.loads((handle.metadata() or {})["checksums"])
+                for name in out:
+                    key = prefix + name
+                    column = handle.get_slice(key)
+                    length = column.get_shape()[0]
+                    crc = 0
+                    for offset in range(0, length, _READ_CHUNK):
+                        chunk = column[offset : min(length, offset + _READ_CHUNK)]
+                        crc = zlib.crc32(np.ascontiguousarray(chunk).view(np.uint8).reshape(-1).data, crc)
+                        lo, hi = max(start, first + offset), min(stop, first + offset + chunk.shape[0])
+                        if lo < hi:
+                            out[name][lo - start : hi - start] = chunk[lo - first - offset : hi - first - offset]
+                    if key in checksums and crc != int(checksums[key]):
+                        raise ValueError(f"array {key!r} does not match its checksum")
+        except Exception as error:  # safetensors raises its own error types, without the path
+            raise ValueError(f"{path}: the statistics cannot be read ({type(error).__name__}: {error}); the file is "
+                             "truncated or corrupt. Resume from another checkpoint.") from error
+    return out
+
+
+def load_hiding_state(folder: str, with_stats: bool = True, rows: tuple[int, int] | None = None) -> dict | None:
     """Read the hiding state of a checkpoint folder, or None if it has none (a plain Trainer's).
 
-    `with_stats=False` skips the statistics arrays (ranks that do not hold the table).
+    `with_stats=False` skips the statistics and strategy arrays (ranks that do not hold the table);
+    `rows=(start, stop)` reads the statistics of those samples only (a rank's shard; no strategy
+    arrays unless the range is the whole table). Whole or sharded on disk alike.
     Raises `ValueError` naming the file if it cannot be read or fails its checksums.
     """
     path = os.path.join(folder, HIDING_STATE_NAME)
@@ -65,8 +153,7 @@ def load_hiding_state(folder: str, with_stats: bool = True) -> dict | None:
     try:
         with safe_open(path, framework="numpy") as handle:
             metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()
-                       if with_stats or _group_of(name) is None}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys() if _group_of(name) is None}
     except Exception as error:  # safetensors raises its own error types, without the path
         raise ValueError(
             f"{path} cannot be read as a kakurenbo_hf hiding state ({type(error).__name__}: {error}); the file is "
@@ -83,8 +170,7 @@ def load_hiding_state(folder: str, with_stats: bool = True) -> dict | None:
             "strategy": {},
         }
         checksums = json.loads(metadata["checksums"]) if "checksums" in metadata else {}
-        required = list(_REQUIRED_TOP) + ([f"stats_{key}" for key in _REQUIRED_STATS] if with_stats else [])
-        missing = [name for name in required if name not in tensors]
+        missing = [name for name in _REQUIRED_TOP if name not in tensors]
         if missing:
             raise KeyError(f"arrays {missing} are missing")
         for name, array in tensors.items():
@@ -97,7 +183,27 @@ def load_hiding_state(folder: str, with_stats: bool = True) -> dict | None:
                 state[name] = array
     except (KeyError, ValueError, TypeError) as error:
         raise ValueError(f"{path} is not a valid kakurenbo_hf hiding state: {error}") from error
+    if rows is None and with_stats:
+        rows = (0, state["num_samples"])
+    if rows is not None:
+        state["stats"] = load_table_rows(folder, *rows)
+        if tuple(rows) == (0, state["num_samples"]):
+            state["strategy"] = _load_group(path, "strategy")
     return state
+
+
+def _load_group(path: str, group: str) -> dict[str, np.ndarray]:
+    """The arrays of `group` in the main file, checked against their checksums."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as handle:
+        checksums = json.loads((handle.metadata() or {}).get("checksums", "{}"))
+        arrays = {name[len(group) + 1 :]: handle.get_tensor(name) for name in handle.keys() if _group_of(name) == group}
+    for name, array in arrays.items():
+        key = f"{group}_{name}"
+        if key in checksums and _crc(array) != int(checksums[key]):
+            raise ValueError(f"{path} is not a valid kakurenbo_hf hiding state: array {key!r} does not match its checksum")
+    return arrays
 
 
 def _group_of(name: str) -> str | None:

@@ -5,9 +5,11 @@ epoch start asks `plan_epoch(epoch)`: the schedule gives F_e, the strategy turns
 into a hidden set, and the plan carries the LR factor. The trainer hands the hidden set to the
 sampler. `state_dict()` holds everything an exact resume needs.
 
-Decided once, not everywhere: in a multi-process run only the main process holds the
-statistics table (`holds_table=True`) and runs the selection; the other ranks `adopt` its plan
-and hidden set (a bitmask, N/8 bytes). The hidden set is kept as that bitmask on every rank.
+Where the table is, in a multi-process run: with a `shardable` strategy (KAKURENBO) each rank
+holds its `shard` of the rows and every rank runs `plan_epoch` together, exchanging only
+summaries through the `collective` (see `sharding.py`); otherwise only the main process holds
+the table (`holds_table=True`) and runs the selection, and the other ranks `adopt` its plan and
+hidden set. Either way the hidden set ends as the same bitmask (N/8 bytes) on every rank.
 
 Example::
 
@@ -26,6 +28,7 @@ import numpy as np
 
 from .config import KakurenboArguments
 from .schedule import lr_factor, target_hiding_fraction
+from .sharding import Collective, LocalCollective, Shard, whole_table
 from .stats import SampleStats
 from .strategies import HidingDecision, build_strategy
 from .strategies.base import num_candidates
@@ -83,20 +86,33 @@ class EpochPlan:
 
 
 class HidingEngine:
-    """Statistics, strategy and schedule of one training run over `num_samples` samples."""
+    """Statistics, strategy and schedule of one training run over `num_samples` samples.
+
+    Args:
+        holds_table: this process holds the whole table (the main process; ignored with a `shard`).
+        shard: this rank's rows of a table split over the ranks (every rank then plans together).
+        collective: the ranks' sums and gathers for a sharded plan (`distributed.TorchCollective`).
+    """
 
     def __init__(self, num_samples: int, num_epochs: int, arguments: KakurenboArguments, seed: int = 0,
-                 holds_table: bool = True):
+                 holds_table: bool = True, shard: Shard | None = None, collective: Collective | None = None):
         self.num_samples = int(num_samples)
         self.num_epochs = int(num_epochs)
         self.arguments = arguments
         self.seed = int(seed)
-        self.holds_table = bool(holds_table)
-        self.stats = SampleStats(self.num_samples) if holds_table else None
         self.strategy = build_strategy(
             arguments.hiding_strategy, confidence_threshold=arguments.confidence_threshold, seed=self.seed,
             arguments=arguments, num_samples=self.num_samples, num_epochs=self.num_epochs,
         )
+        self.sharded = shard is not None and not shard.is_whole
+        if self.sharded and not self.strategy.shardable:
+            raise ValueError(f"hiding_strategy={arguments.hiding_strategy!r} needs the whole table on one process")
+        if self.sharded and (collective is None or shard.num_samples != self.num_samples):
+            raise ValueError("a sharded engine needs its collective and a shard of the same num_samples")
+        self.shard = shard if self.sharded else whole_table(self.num_samples)
+        self.collective = collective if self.sharded else LocalCollective()
+        self.holds_table = bool(holds_table) or self.sharded
+        self.stats = SampleStats(self.shard.size, start=self.shard.start) if self.holds_table else None
         if self.stats is not None and self.strategy.observes:
             self.stats.on_update = partial(self.strategy.observe, self.stats)
         if self.enabled and self.lr_compensation != arguments.lr_compensation:
@@ -173,8 +189,9 @@ class HidingEngine:
         if not self.holds_table:
             raise RuntimeError("plan_epoch runs where the statistics table is; other ranks adopt() its plan")
         target = self.target_fraction(epoch)
-        nothing = HidingDecision(hidden=np.zeros(self.num_samples, dtype=bool), num_candidates=0, moved_back=0)
-        no_statistics = target > 0.0 and not np.isfinite(self.stats.loss).any()
+        nothing = HidingDecision(hidden=np.zeros(self.stats.num_samples, dtype=bool), num_candidates=0, moved_back=0,
+                                 num_hidden_total=0)
+        no_statistics = target > 0.0 and not self._any_finite()
         if no_statistics:  # never seen (a fresh table after a resume) or all non-finite (diverged)
             if not self._warned_non_finite and self.stats.num_updates:
                 logger.warning(
@@ -183,12 +200,18 @@ class HidingEngine:
                 )
                 self._warned_non_finite = True
             decision = nothing
+        elif target > 0.0 and self.sharded:
+            decision = self.strategy.select_shard(self.stats, target, epoch, self.shard, self.collective)
+            self._check_decision(decision, target, epoch)
         elif target > 0.0:
             decision = self.strategy.select(self.stats, target, epoch)
             self._check_decision(decision, target, epoch)
         else:
             decision = nothing
-        self.hidden = decision.hidden
+        if self.sharded:  # every rank's bytes of the bitmask, gathered
+            self.hidden_bits = self.collective.gather_bits(np.packbits(decision.hidden), self.shard)
+        else:
+            self.hidden = decision.hidden
         self.weights, self.draws = decision.weights, decision.draws
         plan = EpochPlan(
             epoch=epoch,
@@ -215,13 +238,21 @@ class HidingEngine:
         )
         return plan
 
+    def _any_finite(self) -> bool:
+        """Whether any sample of the table (every shard) has a finite loss."""
+        local = 0
+        for start in range(0, self.stats.num_samples, 1 << 22):  # no N-sized temporary
+            local += int(np.isfinite(self.stats.loss[start : start + (1 << 22)]).any())
+        return int(self.collective.sum(np.array([local], dtype=np.int64))[0]) > 0
+
     def _check_decision(self, decision: HidingDecision, target: float, epoch: int) -> None:
         """A strategy may hide at most floor(F_e * N) samples, and never the whole epoch."""
         hidden = decision.hidden
-        if hidden.shape != (self.num_samples,) or hidden.dtype != np.bool_:
+        rows = self.stats.num_samples
+        if hidden.shape != (rows,) or hidden.dtype != np.bool_:
             raise ValueError(
                 f"strategy {self.arguments.hiding_strategy!r} returned a hidden mask of shape {hidden.shape} and dtype "
-                f"{hidden.dtype}; expected a bool mask of shape ({self.num_samples},)"
+                f"{hidden.dtype}; expected a bool mask of shape ({rows},)"
             )
         name = self.arguments.hiding_strategy
         limit = num_candidates(self.num_samples, target) if self.strategy.uses_hiding_fraction else self.num_samples - 1
@@ -271,8 +302,8 @@ class HidingEngine:
         The plain Trainer meets that only when N % batch == 1; a hiding run's epoch length changes every
         epoch, so it could meet it in any epoch. The hidden sample with the highest loss (the least
         learned; the lowest index among ties) is trained after all; a multiset epoch draws its first
-        sample once more. Runs where the table is, before the decision is broadcast. Returns whether
-        the plan changed.
+        sample once more. Runs where the table is (every rank, when sharded), before the decision is
+        broadcast. Returns whether the plan changed.
         """
         plan = self.current_plan
         if batch_size < 2 or plan is None or plan.num_trained % batch_size != 1 or not (plan.num_hidden or
@@ -282,17 +313,29 @@ class HidingEngine:
             self.draws = np.append(self.draws, self.draws[0])
             plan.num_draws = int(self.draws.size)
         else:
-            hidden = self.hidden
-            candidates = np.flatnonzero(hidden)
-            losses = np.nan_to_num(self.stats.loss[candidates], nan=np.inf)
-            hidden[candidates[int(np.argmax(losses))]] = False
-            self.hidden = hidden
+            index = self._highest_loss_hidden()
+            self.hidden_bits[index >> 3] &= np.uint8(~(0x80 >> (index & 7)) & 0xFF)
             plan.num_hidden -= 1
         if plan.lr_factor != 1.0:
             plan.lr_factor = self._lr_factor(plan)
         logger.info("epoch %d: training one sample more so that its last batch is not a single sample (BatchNorm)",
                     plan.epoch)
         return True
+
+    def _highest_loss_hidden(self) -> int:
+        """The hidden sample with the highest loss (NaN as +inf; lowest index among ties), over every shard."""
+        first_byte, last_byte = self.shard.byte_range
+        hidden_here = np.unpackbits(self.hidden_bits[first_byte:last_byte], count=self.shard.size).view(bool)
+        candidates = np.flatnonzero(hidden_here)
+        best = np.array([0.0, -np.inf, 0.0])  # (has a candidate, loss, sample index)
+        if candidates.size:
+            losses = np.nan_to_num(self.stats.loss[candidates].astype(np.float64), nan=np.inf)
+            row = int(np.argmax(losses))
+            best = np.array([1.0, losses[row], float(self.shard.start + candidates[row])])
+        per_rank = self.collective.gather(best)
+        per_rank = per_rank[per_rank[:, 0] > 0]
+        top = per_rank[per_rank[:, 1] == per_rank[:, 1].max()]
+        return int(top[:, 2].min())
 
     def _lr_factor(self, plan: EpochPlan) -> float:
         """The plan's LR factor from the fraction it leaves untrained (and F_e, for `target`)."""
@@ -335,7 +378,8 @@ class HidingEngine:
             "num_samples": self.num_samples,
             "seed": self.seed,
             "hidden": self.hidden.copy(),
-            "stats": self.stats.state_dict() if self.stats is not None else {},
+            "stats": self.stats.state_dict() if self.stats is not None else {},  # this rank's rows, when sharded
+            "table_shards": self.shard.num_ranks if self.sharded else 1,
             "plans": [asdict(plan) for plan in self.plans],
             "order_rng_state": self.order_rng_state.copy(),
             "weights": self.weights.copy() if self.weights is not None else np.zeros(0, dtype=np.float32),

@@ -3,12 +3,14 @@
 The training step only appends detached device tensors (no host sync on the hot path); the
 values reach the `SampleStats` table in `flush`, called at epoch start and before a checkpoint.
 
-Only one rank holds the table (the main process; see `engine.py`): a flush sends every rank's
-records there and nowhere else. Records travel compactly, 15 bytes each (`record_dtype`: step
-int32, index int32 (int64 past 2**31 samples), loss float32, confidence float16, correct uint8)
-instead of float64 rows, and in rounds of at most `round_bytes` arriving at the main process
-(default 16 MiB over all ranks), so no rank's extra memory grows with N x P. A rank with fewer
-records pads its round with rows of index -1, which are dropped.
+Where the table is (see `engine.py`): sharded across the ranks (`transport.sharded`; each record
+goes to the rank that holds its row, one all-to-all per round), or whole on the main process (a
+flush sends every rank's records there and nowhere else). Records travel compactly, 15 bytes each
+(`record_dtype`: step int32, index int32 (int64 past 2**31 samples), loss float32, confidence
+float16, correct uint8) instead of float64 rows, and in rounds of at most `round_bytes` arriving
+at any one rank (default 16 MiB over all ranks), so no rank's extra memory grows with N x P. In a
+gather to the main process, a rank with fewer records pads its round with rows of index -1, which
+are dropped.
 
 Synchronisation is per flush, not per step, chosen by measurement (`benchmarks/sync.py`): per step
 the recorder only keeps references to the batch's tensors; the flush comes when the ranks meet
@@ -44,19 +46,26 @@ class Transport(Protocol):
 
     num_processes: int
     is_main: bool
+    sharded: bool
 
     def max_over_ranks(self, value: int) -> int:
         """The largest `value` of all ranks (collective)."""
 
     def gather_to_main(self, buffer: torch.Tensor) -> list[torch.Tensor] | None:
-        """Equal-size uint8 buffers of every rank, in rank order, on the main process (collective)."""
+        """Equal-size uint8 buffers of every rank, in rank order, on the main process (collective).
+        (Transports with `sharded = False`.)"""
+
+    def exchange(self, records: np.ndarray) -> np.ndarray:
+        """Send each of this rank's `records` (structured, `record_dtype`) to the rank holding its
+        row; return the records of this rank's rows from every rank, rank by rank, in sent order
+        (collective; transports with `sharded = True`)."""
 
 
 class StatsRecorder:
     """Per-step records of this rank, written to the table (held by the main process) on `flush`.
 
     Args:
-        stats: the table, or None on a rank that does not hold it.
+        stats: the table (whole, or this rank's shard), or None on a rank that holds none.
         num_samples: N (the table's size; needed where `stats` is None).
         round_bytes: the most record bytes the main process receives in one round.
     """
@@ -124,10 +133,22 @@ class StatsRecorder:
         written = 0
         for start in range(0, most_rows, per_rank):
             rows = min(per_rank, most_rows - start)
+            if getattr(transport, "sharded", False):
+                received = transport.exchange(self._records(columns, start, rows))
+                written += self._apply_columns({name: received[name] for name in self.dtype.names})
+                continue
             parts = transport.gather_to_main(self._pack(columns, start, rows))
             if parts is not None:
                 written += self._apply([part.cpu().numpy() for part in parts], rows)
         return written
+
+    def _records(self, columns: list[torch.Tensor], start: int, rows: int) -> np.ndarray:
+        """This rank's rows [start, start + rows) (fewer past its last one) as a structured array."""
+        parts = [column[start : start + rows].cpu().numpy() for column in columns]
+        records = np.empty(parts[0].shape[0], dtype=self.dtype)
+        for name, part in zip(self.dtype.names, parts):
+            records[name] = part
+        return records
 
     def _apply(self, buffers: list[np.ndarray], rows: int) -> int:
         """Write the rows of every rank's buffer (rank order) to the table, newest record last.

@@ -8,8 +8,9 @@ One entry per sample, kept for the whole run, in compact numpy arrays (7 bytes p
     correct     bool     argmax(logits) == label
 
 Values are written from the training forward pass (`compute_loss`) and, for hidden samples, by
-the refresh pass. Multi-process runs gather the values of all ranks once per flush (epoch end,
-checkpoint; see `recorder.py`) before updating, so every rank holds the same table. A NaN loss
+the refresh pass. In a multi-process run a table holds either every sample (on the main
+process) or one rank's shard of them (`start` > 0 or fewer rows than samples; see `sharding.py`):
+records reach it once per flush (epoch start, checkpoint; see `recorder.py`). A NaN loss
 (a diverged sample) is stored as +inf: it is then treated like an unseen sample, never hidden.
 """
 
@@ -50,12 +51,21 @@ def per_sample_statistics(logits: torch.Tensor, labels: torch.Tensor,
 
 
 class SampleStats:
-    """The table of per-sample statistics for `num_samples` training samples."""
+    """The table of per-sample statistics for `num_samples` training samples.
 
-    def __init__(self, num_samples: int):
-        if num_samples < 1:
+    Args:
+        num_samples: rows held (N for the whole table; a shard's size otherwise, possibly 0).
+        start: the sample index of the first row (a shard of a larger table); indices given to
+            `update` are sample indices, not row numbers.
+    """
+
+    def __init__(self, num_samples: int, start: int = 0):
+        if num_samples < 1 and start == 0:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if num_samples < 0 or start < 0:
+            raise ValueError(f"bad table rows: {num_samples} from sample {start}")
         self.num_samples = int(num_samples)
+        self.start = int(start)
         self.loss = np.full(self.num_samples, np.inf, dtype=np.float32)
         self.confidence = np.zeros(self.num_samples, dtype=np.float16)
         self.correct = np.zeros(self.num_samples, dtype=bool)
@@ -75,13 +85,16 @@ class SampleStats:
             return
         if indices.dtype.kind not in "iu":
             indices = indices.astype(np.int64)
-        if indices.min() < 0 or indices.max() >= self.num_samples:
-            raise IndexError(f"sample index out of range [0, {self.num_samples}): {indices.min()}..{indices.max()}")
+        stop = self.start + self.num_samples
+        if indices.min() < self.start or indices.max() >= stop:
+            raise IndexError(f"sample index out of range [{self.start}, {stop}): {indices.min()}..{indices.max()}")
         loss = _as_numpy(loss).astype(np.float32, copy=True)
         loss[np.isnan(loss)] = np.inf  # a diverged sample: treated as unseen, never hidden
         confidence, correct = _as_numpy(confidence), _as_numpy(correct).astype(bool, copy=False)
         if self.on_update is not None:
             self.on_update(indices, loss, confidence, correct)
+        if self.start:
+            indices = indices - self.start
         self.loss[indices] = loss
         self.confidence[indices] = confidence
         self.correct[indices] = correct

@@ -42,10 +42,11 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.utils import logging
 
-from .checkpoint import HIDING_STATE_NAME, load_hiding_state, load_rank_state, save_hiding_state, save_rank_state
+from .checkpoint import (HIDING_STATE_NAME, load_hiding_state, load_rank_state, save_hiding_state, save_rank_state,
+                         save_table_shard)
 from .compat import load_with_key_conversion
 from .config import KakurenboArguments
-from .distributed import MainProcessTransport, broadcast_decision
+from .distributed import MainProcessTransport, ShardedTransport, TorchCollective, broadcast_decision
 from .engine import EpochPlan, HidingEngine
 from .indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
 from .recorder import StatsRecorder
@@ -53,6 +54,7 @@ from .refresh import plan_refresh_batches, run_refresh
 from .rng import save_snapshot
 from .sampler import HidingSampler
 from .schedule import find_virtual_scheduler, wrap_scheduler
+from .sharding import Shard, shard_of, whole_table
 from .strategies.base import strategy_class
 from .strategies.selective_backprop import take_rows
 from .tasks import auto_statistics
@@ -270,9 +272,13 @@ class KakurenboMixin(ResumeMixin, LossWeightingMixin, BatchSelectionMixin):
         return (loss, outputs) if return_outputs else loss
 
     def _flush_statistics(self) -> None:
-        """Send every rank's records to the table (on the main process). Collective."""
+        """Send every rank's records to the table (their shards, or the main process). Collective."""
         if self._recorder is not None:
-            transport = MainProcessTransport(self.args.device) if self.accelerator.num_processes > 1 else None
+            transport = None
+            if self.accelerator.num_processes > 1 and self.hiding_engine.sharded:
+                transport = ShardedTransport(self.args.device, self.hiding_engine.num_samples)
+            elif self.accelerator.num_processes > 1:
+                transport = MainProcessTransport(self.args.device)
             self._recorder.flush(transport, device=self.args.device)
 
     def _refresh(self, model, indices: np.ndarray) -> None:
@@ -302,10 +308,24 @@ class KakurenboMixin(ResumeMixin, LossWeightingMixin, BatchSelectionMixin):
 
     # --- the epoch -----------------------------------------------------------------------------
 
+    def _table_shard(self, num_samples: int) -> Shard | None:
+        """The rows of the statistics table this process holds: its shard when the strategy is
+        `shardable` and several processes train, the whole table on the main process otherwise,
+        None on the other processes."""
+        accelerator = self.accelerator
+        if accelerator.num_processes == 1:
+            return whole_table(num_samples)
+        if strategy_class(self.hiding_args.hiding_strategy).shardable:
+            return shard_of(num_samples, accelerator.num_processes, accelerator.process_index)
+        return whole_table(num_samples) if accelerator.is_main_process else None
+
     def _start_hiding(self, num_epochs: int) -> None:
         num_samples = len(self._indexed_train_dataset)
+        shard = self._table_shard(num_samples)
+        sharded = shard is not None and not shard.is_whole
         self.hiding_engine = HidingEngine(num_samples, num_epochs, self.hiding_args, seed=self.hiding_sampler.seed,
-                                          holds_table=self.accelerator.is_main_process)
+                                          holds_table=shard is not None, shard=shard if sharded else None,
+                                          collective=TorchCollective(self.args.device) if sharded else None)
         self._recorder = StatsRecorder(self.hiding_engine.stats, num_samples=num_samples)
         if self._resumed_hiding_state is not None:
             self.hiding_engine.load_state_dict(self._resumed_hiding_state)
@@ -329,10 +349,10 @@ class KakurenboMixin(ResumeMixin, LossWeightingMixin, BatchSelectionMixin):
             self._refresh(model, to_refresh)
         self._flush_statistics()
         refresh_seconds = time.perf_counter() - started  # the plan keeps it only when something was refreshed
-        plan = engine.plan_epoch(epoch) if engine.holds_table else None
+        plan = engine.plan_epoch(epoch) if engine.holds_table else None  # every rank, when sharded
         if plan is not None and self._last_batch_may_be_one():
             engine.avoid_last_batch_of_one(self._train_batch_size)
-        if self.accelerator.num_processes > 1:  # decided once, on the main process; the others adopt it
+        if self.accelerator.num_processes > 1 and not engine.sharded:  # decided on the main process; others adopt it
             bits, values, weights, draws = broadcast_decision(
                 engine.hidden_bits if plan else None, asdict(plan) if plan else None, engine.hidden_bits.size,
                 self.args.device, weights=engine.weights, draws=engine.draws,
@@ -463,15 +483,20 @@ class KakurenboMixin(ResumeMixin, LossWeightingMixin, BatchSelectionMixin):
                 save_snapshot(self._rng_before_last_read, folder, self.accelerator.process_index)
             if self._batch_selector is not None:  # every rank: its own loss history
                 save_rank_state(self._batch_selector.state_dict(), folder, self.accelerator.process_index)
+            state = self.hiding_engine.state_dict()
+            if self.hiding_engine.sharded:  # every rank: its rows of the table
+                save_table_shard(state["stats"], self.hiding_engine.shard, folder)
             if self.args.should_save:
-                save_hiding_state(self.hiding_engine.state_dict(), folder)
+                save_hiding_state(state, folder)
         super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         target = model if model is not None else self.model
         if not load_with_key_conversion(resume_from_checkpoint, target):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-        state = load_hiding_state(resume_from_checkpoint, with_stats=self.accelerator.is_main_process)
+        shard = self._table_shard(len(self.train_dataset))
+        state = load_hiding_state(resume_from_checkpoint, with_stats=shard is not None,
+                                  rows=(shard.start, shard.stop) if shard is not None else None)
         if state is not None:
             try:
                 HidingEngine.check_state(state, len(self.train_dataset))

@@ -17,6 +17,8 @@ tiny ViT or DeiT on generated data. Every rank writes, under `DIR/<name>/`:
       weights in this rank's engine, the sum of weight x plain cross-entropy (recomputed here),
       the Trainer's `num_items_in_batch` and the loss returned; the epochs also record the
       engine's `weights` and `draws`
+    - `tables`: per planned epoch the rows of the statistics table this rank held (all of them, or its
+      shard), the hidden bitmask it ended with, and the epoch's target fraction
     - `log_history`, `plans` (the engine's epoch plans), `checkpoints` (steps saved)
 - `weights_rank<R>.safetensors`: the final model weights of this rank.
 
@@ -80,6 +82,19 @@ class RecordingMixin:
                     "loss": step_loss,
                 })
         return (loss, outputs) if return_outputs else loss
+
+    def _plan_epoch(self, model, epoch):
+        """The table each rank held when the epoch's hidden set was chosen (its rows only, when sharded)."""
+        plan = super()._plan_epoch(model, epoch)
+        engine = self.hiding_engine
+        if engine.stats is not None:
+            self.records.setdefault("tables", {})[str(int(epoch))] = {
+                "sharded": engine.sharded, "start": engine.shard.start, "stop": engine.shard.stop,
+                "rows": engine.stats.num_samples, "target_fraction": plan.target_fraction,
+                "hidden_bits": engine.hidden_bits.tolist(),
+                **{name: getattr(engine.stats, name).astype(float).tolist() for name in ("loss", "confidence", "correct")},
+            }
+        return plan
 
     def _run_epoch(self, *args, **kwargs):
         self._current_epoch = int(kwargs["epoch"] if "epoch" in kwargs else args[1])

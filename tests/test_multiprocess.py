@@ -24,9 +24,13 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from kakurenbo_hf.stats import SampleStats
+from kakurenbo_hf.strategies.kakurenbo import KakurenboStrategy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -171,6 +175,30 @@ def test_hidden_sets_identical_across_ranks(first):
     hidden_counts = [len(records[0]["epochs"][str(e)]["hidden"]) for e in range(1, EPOCHS)]
     assert all(count > 0 for count in hidden_counts), f"the tiny model hid nothing in some epoch: {hidden_counts}"
     assert any(p["moved_back"] > 0 for p in plans), "no candidate was moved back: raise confidence_threshold"
+
+
+def test_table_is_sharded_and_selects_as_one_table(first):
+    """Each rank holds only its contiguous rows of the statistics table (KAKURENBO is shardable), and the
+    hidden set every rank ends with is the whole table's selection: the shards, put back together and
+    given to the single-process rule, hide exactly the same samples."""
+    records = _records(first, "hide")
+    plans = records[0]["plans"]
+    for epoch in range(1, EPOCHS):
+        tables = [record["tables"][str(epoch)] for record in records]
+        assert all(table["sharded"] for table in tables)
+        assert tables[0]["start"] == 0 and tables[-1]["stop"] == NUM_SAMPLES
+        assert all(a["stop"] == b["start"] for a, b in zip(tables, tables[1:]))  # contiguous, disjoint
+        assert all(table["rows"] == table["stop"] - table["start"] < NUM_SAMPLES for table in tables)
+        assert all(table["hidden_bits"] == tables[0]["hidden_bits"] for table in tables)
+        whole = SampleStats(NUM_SAMPLES)
+        whole.load_state_dict({name: np.concatenate([np.asarray(t[name]) for t in tables]).astype(dtype)
+                               for name, dtype in (("loss", np.float32), ("confidence", np.float16), ("correct", bool))})
+        assert np.isfinite(whole.loss).all()  # every sample was seen (trained or refreshed)
+        strategy = KakurenboStrategy(confidence_threshold=HIDE_RUN["confidence_threshold"], seed=0)
+        expected = strategy.select(whole, tables[0]["target_fraction"], epoch)
+        assert np.packbits(expected.hidden).tolist() == tables[0]["hidden_bits"], f"epoch {epoch}"
+        assert expected.num_hidden == plans[epoch]["num_hidden"] > 0
+        assert expected.moved_back == plans[epoch]["moved_back"]
 
 
 def test_ranks_share_the_visible_set(first):

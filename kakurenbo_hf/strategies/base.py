@@ -19,6 +19,9 @@ What a strategy can ask of the trainer, beyond a hidden set per epoch (all optio
 - `HidingDecision.draws`: the epoch's samples drawn with replacement (a multiset sampler).
 - `selects_per_batch` / `batch_selector`: a selection inside each training step (Selective
   Backprop): the trainer scores every batch without gradients and backpropagates the rows kept.
+- `shardable = True` with `select_shard`: a rule computable from per-rank summaries. In a
+  multi-process run each rank then holds and selects over its own rows of the table (see
+  `sharding.py`); otherwise the main process holds the whole table and decides alone.
 """
 
 from __future__ import annotations
@@ -45,10 +48,12 @@ class HidingDecision:
     # int (D,): the epoch's samples drawn with replacement (each occurrence trained once, in an
     # order the sampler draws); None = every visible sample once. Samples never drawn are hidden.
     draws: np.ndarray | None = None
+    # From `select_shard`: samples hidden over every shard (`hidden` holds this shard's rows only).
+    num_hidden_total: int | None = None
 
     @property
     def num_hidden(self) -> int:
-        return int(self.hidden.sum())
+        return int(self.hidden.sum()) if self.num_hidden_total is None else self.num_hidden_total
 
 
 class HidingStrategy(ABC):
@@ -81,6 +86,9 @@ class HidingStrategy(ABC):
     # The `lr_compensation` mode the rule needs whatever the argument says (None: the argument's),
     # e.g. "none" where the loss weights already keep the epoch's summed gradient.
     lr_compensation: str | None = None
+    # `select_shard` works on one rank's rows with the others' summaries (see `sharding.py`); no
+    # `observe`, state, weights or draws then.
+    shardable: bool = False
 
     def __init__(self, confidence_threshold: float = 0.7, seed: int = 0, *, arguments=None,
                  num_samples: int = 0, num_epochs: int = 1):
@@ -128,6 +136,14 @@ class HidingStrategy(ABC):
         `state_dict()` / `load_state_dict()`, checkpointed per rank.
         """
         raise NotImplementedError(f"{type(self).__name__} does not select per batch")
+
+    def select_shard(self, stats: SampleStats, target_fraction: float, epoch: int, shard, collective) -> HidingDecision:
+        """`select` on this rank's `shard` of the table (`stats` holds its rows), every rank at once.
+
+        Returns the shard's part of the hidden mask, with `num_hidden_total` counted over every rank.
+        Only for `shardable` strategies.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not shardable")
 
     @abstractmethod
     def select(self, stats: SampleStats, target_fraction: float, epoch: int) -> HidingDecision:
