@@ -1,7 +1,8 @@
 """Per-epoch bookkeeping at scale: bytes, extra memory and epoch-boundary time per rank.
 
 The end-to-end job of issue 11: N samples of 8 features (a separable 2-class problem), a linear
-model, batch 4096 per rank, 3 epochs, hiding_fraction 0.3 (no decay), P processes. For each N the
+model, batch 4096 per rank, 3 epochs, hiding_fraction 0.3 (no decay), P processes, KAKURENBO (a sharded
+table: see `kakurenbo_hf/sharding.py`). For each N the
 plain `Trainer` and `KakurenboTrainer` run the same job in fresh launches; each rank reports its
 peak resident memory (VmHWM), the time between the last step of epoch 1 (the first hiding epoch)
 and the first step of epoch 2 (refresh, statistics, selection, order: the epoch boundary), and the
@@ -151,12 +152,15 @@ def launch(trainer: str, n: int, processes: int, out: str, refresh_fraction: flo
 
 
 def measure_rates(n: int) -> dict:
-    """Single-core throughput of the main process's epoch-boundary work, measured at `n` samples."""
+    """Single-core throughput of each piece of a rank's epoch-boundary work, measured at `n` samples."""
     import numpy as np
     import torch
 
+    from kakurenbo_hf.config import KakurenboArguments
+    from kakurenbo_hf.engine import HidingEngine
     from kakurenbo_hf.recorder import StatsRecorder
     from kakurenbo_hf.sampler import HidingSampler
+    from kakurenbo_hf.sharding import owners
     from kakurenbo_hf.stats import SampleStats
     from kakurenbo_hf.strategies.kakurenbo import KakurenboStrategy
 
@@ -169,13 +173,28 @@ def measure_rates(n: int) -> dict:
         size = min(4096, n - start)
         recorder.add(order[start : start + size], torch.rand(size), torch.rand(size), torch.rand(size) > 0.1,
                      step=start // 4096)
+    columns = recorder._columns(None)
+    started = time.perf_counter()  # a rank packing its records for the all-to-all (rows, then by owner)
+    records = recorder._records(columns, 0, n)
+    records = records[np.argsort(owners(records["index"], n, 64).astype(np.uint16), kind="stable")]
+    pack_seconds = time.perf_counter() - started
+    # What a table rank receives: the runs of several ranks, each in step order (merged by step).
+    halves = np.concatenate([records[: n // 2][np.argsort(records["step"][: n // 2], kind="stable")],
+                             records[n // 2 :][np.argsort(records["step"][n // 2 :], kind="stable")]])
     started = time.perf_counter()
-    recorder.flush()
+    recorder._apply_columns({name: halves[name] for name in records.dtype.names})
     apply_seconds = time.perf_counter() - started
+    del records, halves, columns
+    recorder._chunks = []
     stats.confidence[:] = np.exp(-stats.loss).astype(np.float16)
     started = time.perf_counter()
     decision = KakurenboStrategy(0.7, 0).select(stats, 0.3, 1)
     select_seconds = time.perf_counter() - started
+    engine = HidingEngine(n, 3, KakurenboArguments(refresh_fraction=0.15), holds_table=False)
+    engine.hidden_bits = np.packbits(decision.hidden)
+    started = time.perf_counter()
+    engine.samples_to_refresh(2)
+    refresh_list_seconds = time.perf_counter() - started
     sampler = HidingSampler(n, seed=0)
     started = time.perf_counter()
     sampler.set_hidden_bits(np.packbits(decision.hidden))
@@ -185,30 +204,74 @@ def measure_rates(n: int) -> dict:
     started = time.perf_counter()
     sampler.epoch_order()
     spread_seconds = time.perf_counter() - started
-    return dict(n=n, apply_records_per_second=n / apply_seconds, select_samples_per_second=n / select_seconds,
-                order_samples_per_second=n / order_seconds, apply_seconds=apply_seconds,
-                select_seconds=select_seconds, order_seconds=order_seconds,
-                order_seconds_spread_over_epoch=spread_seconds)
+    del sampler
+    # The plain Trainer's epoch start: its RandomSampler (accelerate's SeedableRandomSampler calls it)
+    # draws randperm(N) and turns it into a list before yielding the first index.
+    plain_sampler = torch.utils.data.RandomSampler(range(n), generator=torch.Generator().manual_seed(0))
+    started = time.perf_counter()
+    next(iter(plain_sampler))
+    plain_order_seconds = time.perf_counter() - started
+    return dict(n=n, pack_records_per_second=n / pack_seconds, apply_records_per_second=n / apply_seconds,
+                select_samples_per_second=n / select_seconds, refresh_list_samples_per_second=n / refresh_list_seconds,
+                order_samples_per_second=n / order_seconds, pack_seconds=pack_seconds, apply_seconds=apply_seconds,
+                select_seconds=select_seconds, refresh_list_seconds=refresh_list_seconds, order_seconds=order_seconds,
+                order_seconds_spread_over_epoch=spread_seconds, plain_order_samples_per_second=n / plain_order_seconds,
+                plain_order_seconds=plain_order_seconds)
 
 
-RECORD_BYTES, DEVICE_RECORD_BYTES, TABLE_BYTES = 15, 17, 7
+RECORD_BYTES, DEVICE_RECORD_BYTES, TABLE_BYTES, HISTOGRAM_BYTES = 15, 17, 7, 2 * 2**19
 
 
 def cost_model(n: int, p: int, rates: dict, hidden: float = 0.3, refresh_fraction: float = 0.15,
-               bandwidth_bytes: float = 100e9 / 8, round_bytes: int = 16 * 2**20) -> dict:
-    """Bytes, extra memory and epoch-boundary time per rank for N samples on P ranks (see README)."""
-    records_per_rank = n / p * ((1 - hidden) + refresh_fraction * hidden)
+               bandwidth_bytes: float = 100e9 / 8, latency: float = 20e-6, round_bytes: int = 16 * 2**20,
+               layout: str = "sharded") -> dict:
+    """Bytes, extra memory and epoch-boundary time per rank for N samples on P ranks (see README).
+
+    `layout="sharded"` (KAKURENBO): every rank holds N/P rows, receives its rows' records (all-to-all),
+    selects on its rows with two summed histograms, and all-gathers the bitmask. `"main_process"`
+    (the other strategies): rank 0 receives every record, applies them and selects alone, then
+    broadcasts the bitmask.
+    """
+    records_per_rank = n / p * ((1 - hidden) + refresh_fraction * hidden)  # training + refresh forwards
+    bitmask = n / 8
+    refresh_list = 4 * refresh_fraction * hidden * n  # int32 indices of the samples refreshed
+    rounds = max(1, -(-int(records_per_rank * RECORD_BYTES * p) // round_bytes))
+    # Every rank, N-sized: the refresh list from the bitmask, and the epoch's visible indices (our order,
+    # which replaces the plain Trainer's randperm(N) + list: only what ours costs beyond that is counted).
+    order_extra = max(0.0, n * (1 - hidden) / rates["order_samples_per_second"]
+                      - n / rates["plain_order_samples_per_second"])
+    every_rank = n / rates["refresh_list_samples_per_second"] + order_extra
+    if layout == "sharded":
+        exchanged = RECORD_BYTES * records_per_rank * (p - 1) / p
+        collectives = 2 * HISTOGRAM_BYTES * 2 * (p - 1) / p + bitmask * (p - 1) / p
+        seconds = ((exchanged + collectives) / bandwidth_bytes + rounds * 2 * latency * p + 6 * latency * p
+                   + records_per_rank / rates["pack_records_per_second"]
+                   + records_per_rank / rates["apply_records_per_second"]
+                   + n / p / rates["select_samples_per_second"] + every_rank)
+        persistent = TABLE_BYTES * n / p + bitmask  # the sampler shares the engine's bitmask
+        at_flush = DEVICE_RECORD_BYTES * records_per_rank + RECORD_BYTES * records_per_rank + 2 * round_bytes / p
+        at_refresh = refresh_list + DEVICE_RECORD_BYTES * records_per_rank
+        at_selection = 2 * bitmask + 2 * HISTOGRAM_BYTES
+        memory = persistent + max(at_flush, at_refresh, at_selection)
+        return dict(layout=layout, n=n, p=p, rounds=rounds, order_extra_seconds=order_extra,
+                    order_seconds=n * (1 - hidden) / rates["order_samples_per_second"],
+                    plain_order_seconds=n / rates["plain_order_samples_per_second"],
+                    bytes_sent_per_rank=exchanged + collectives,
+                    bytes_received_per_rank=exchanged + collectives, bitmask_bytes=bitmask, memory_table_rank=memory,
+                    memory_other=memory, boundary_seconds=seconds)
     sent = RECORD_BYTES * records_per_rank
     received_main = RECORD_BYTES * records_per_rank * (p - 1)
-    bitmask = n / 8
     memory_main = (TABLE_BYTES + 1 / 8) * n + n + 3 * round_bytes + DEVICE_RECORD_BYTES * records_per_rank
-    memory_other = DEVICE_RECORD_BYTES * records_per_rank + 2 * bitmask + 2 * round_bytes / p
-    records_total = records_per_rank * p
-    seconds = (received_main / bandwidth_bytes + records_total / rates["apply_records_per_second"]
-               + n / rates["select_samples_per_second"] + n * (1 - hidden) / rates["order_samples_per_second"]
-               + bitmask / bandwidth_bytes)
-    return dict(n=n, p=p, bytes_sent_other=sent, bytes_received_main=received_main, bitmask_bytes=bitmask,
-                memory_main=memory_main, memory_other=memory_other, boundary_seconds_main=seconds)
+    memory_other = DEVICE_RECORD_BYTES * records_per_rank + bitmask + refresh_list + 2 * round_bytes / p
+    seconds = ((received_main + bitmask * (p - 1)) / bandwidth_bytes + rounds * latency * p
+               + records_per_rank * p / rates["apply_records_per_second"]
+               + n / rates["select_samples_per_second"] + every_rank)
+    return dict(layout=layout, n=n, p=p, rounds=rounds, order_extra_seconds=order_extra,
+                order_seconds=n * (1 - hidden) / rates["order_samples_per_second"],
+                plain_order_seconds=n / rates["plain_order_samples_per_second"],
+                bytes_sent_per_rank=sent, bytes_received_per_rank=received_main,
+                bitmask_bytes=bitmask, memory_table_rank=memory_main, memory_other=memory_other,
+                boundary_seconds=seconds)
 
 
 def main(argv=None) -> dict:
@@ -248,22 +311,26 @@ def main(argv=None) -> dict:
          "extra MiB per 1M", "boundary after a hiding epoch (s)", "plain Trainer's (s)", "extra s per 1M"], rows)
     rates = measure_rates(int(options.rates_n))
     n_model, p_model = int(options.model[0]), int(options.model[1])
-    model = cost_model(n_model, p_model, rates, refresh_fraction=options.refresh_fraction)
+    models = [cost_model(n_model, p_model, rates, refresh_fraction=options.refresh_fraction, layout=layout)
+              for layout in ("sharded", "main_process")]
+    model = models[0]
     markdown += (
-        f"\n\nSingle-core rates at N = {rates['n']:,}: apply {rates['apply_records_per_second'] / 1e6:.1f} M records/s, "
-        f"selection {rates['select_samples_per_second'] / 1e6:.1f} M samples/s, order "
-        f"{rates['order_samples_per_second'] / 1e6:.1f} M samples/s (selection + order of N = {rates['n']:,}: "
+        f"\n\nSingle-core rates at N = {rates['n']:,}: pack {rates['pack_records_per_second'] / 1e6:.1f} M records/s, "
+        f"apply {rates['apply_records_per_second'] / 1e6:.1f} M records/s, selection "
+        f"{rates['select_samples_per_second'] / 1e6:.1f} M samples/s, refresh list "
+        f"{rates['refresh_list_samples_per_second'] / 1e6:.0f} M samples/s, order "
+        f"{rates['order_samples_per_second'] / 1e6:.1f} M samples/s (the plain Trainer's randperm + list: "
+        f"{rates['plain_order_samples_per_second'] / 1e6:.1f} M samples/s; selection + order of N = {rates['n']:,}: "
         f"{rates['select_seconds'] + rates['order_seconds']:.2f} s).\n\n"
         + common.markdown_table(
-            ["model at", "sent per other rank / epoch", "received by the main rank / epoch", "bitmask to each rank",
-             "extra memory, main rank", "extra memory, other ranks", "boundary work (100 Gb/s)"],
-            [[f"N = {n_model:.0e}, P = {p_model}", f"{model['bytes_sent_other'] / 1e6:.0f} MB",
-              f"{model['bytes_received_main'] / 1e9:.2f} GB", f"{model['bitmask_bytes'] / 1e6:.1f} MB",
-              f"{model['memory_main'] / 1e9:.2f} GB", f"{model['memory_other'] / 1e6:.0f} MB",
-              f"{model['boundary_seconds_main']:.2f} s"]])
+            ["model at", "layout", "sent per rank / epoch", "received by the table rank / epoch",
+             "extra memory, table rank", "extra memory, other ranks", "boundary work (100 Gb/s)"],
+            [[f"N = {n_model:.0e}, P = {p_model}", m["layout"], f"{m['bytes_sent_per_rank'] / 1e6:.0f} MB",
+              f"{m['bytes_received_per_rank'] / 1e6:.0f} MB", f"{m['memory_table_rank'] / 1e6:.0f} MB",
+              f"{m['memory_other'] / 1e6:.0f} MB", f"{m['boundary_seconds']:.2f} s"] for m in models])
     )
     record = dict(machine=common.machine_info(), command=common.command_line("benchmarks.scale", argv),
-                  processes=options.processes, results=results, rates=rates, model=model)
+                  processes=options.processes, results=results, rates=rates, model=model, models=models)
     return common.publish(options.output, record, markdown)
 
 

@@ -67,7 +67,8 @@ class ShardedTransport:
         """This rank's `records` (a structured array) out to their owners; back, the records of this
         rank's rows from every rank, in rank order, each rank's in the order it sent them."""
         owner = owners(records["index"], self.num_samples, self.num_processes)
-        order = np.argsort(owner, kind="stable")
+        # A stable sort by owner keeps each owner's records in step order (radix sort below 2**16 ranks).
+        order = np.argsort(owner.astype(np.uint16) if self.num_processes < 2**16 else owner, kind="stable")
         send_counts = np.bincount(owner, minlength=self.num_processes).astype(np.int64)
         recv_counts = torch.empty(self.num_processes, dtype=torch.int64, device=self.device)
         dist.all_to_all_single(recv_counts, torch.from_numpy(send_counts).to(self.device))

@@ -178,11 +178,17 @@ class HidingEngine:
         """
         if not (self.arguments.refresh_hidden and self.strategy.refreshes_hidden):
             return np.empty(0, dtype=np.int64)
-        hidden = np.flatnonzero(self.hidden)
         period = max(1, round(1.0 / self.arguments.refresh_fraction))
-        if period > 1:
-            hidden = hidden[(hidden + next_epoch) % period == 0]
-        return hidden
+        dtype = np.int32 if self.num_samples < 2**31 else np.int64
+        chunk = 1 << 23  # samples per step (a multiple of 8): no N-sized temporary
+        parts = []
+        for start in range(0, self.num_samples, chunk):
+            count = min(chunk, self.num_samples - start)
+            bits = np.unpackbits(self.hidden_bits[start // 8 : (start + count + 7) // 8], count=count)
+            first = (-(start + next_epoch)) % period  # the chunk's first position whose index + epoch is 0 mod R
+            hidden = np.flatnonzero(bits[first::period]).astype(dtype) * dtype(period) + dtype(start + first)
+            parts.append(hidden)
+        return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
     def plan_epoch(self, epoch: int) -> EpochPlan:
         """Choose the hidden set of `epoch` from the current statistics (deterministic)."""

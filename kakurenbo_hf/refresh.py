@@ -37,7 +37,9 @@ def plan_refresh_batches(indices: np.ndarray, rank: int, num_processes: int, bat
     """
     if batch_size < 1 or num_processes < 1 or not 0 <= rank < num_processes:
         raise ValueError(f"bad refresh geometry: rank {rank} of {num_processes}, batch size {batch_size}")
-    indices = np.asarray(indices, dtype=np.int64)
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        indices = indices.astype(np.int64)
     if indices.size == 0:
         return []
     share_size = math.ceil(indices.size / num_processes)

@@ -111,11 +111,14 @@ class HidingSampler(Sampler[int]):
         self.set_hidden_bits(np.packbits(hidden))
 
     def set_hidden_bits(self, bits: np.ndarray) -> None:
-        """`set_hidden` from a packed bitmask (`np.packbits` of the mask, N/8 bytes; counted without unpacking)."""
+        """`set_hidden` from a packed bitmask (`np.packbits` of the mask, N/8 bytes; counted without unpacking).
+
+        The sampler keeps `bits` itself (no copy: N/8 bytes less on every rank); do not modify it afterwards.
+        """
         bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
         if bits.size != (self.num_samples + 7) // 8:
             raise ValueError(f"hidden bitmask must have {(self.num_samples + 7) // 8} bytes, got {bits.size}")
-        self._hidden_bits = bits.copy()
+        self._hidden_bits = bits
         self._num_hidden = _count_bits(self._hidden_bits, self.num_samples)
         self._reset_epoch_order()
 
@@ -160,8 +163,8 @@ class HidingSampler(Sampler[int]):
         parts = []
         for start in range(0, self.num_samples, chunk):
             count = min(chunk, self.num_samples - start)
-            bits = np.unpackbits(self._hidden_bits[start // 8 : (start + count + 7) // 8], count=count)
-            parts.append((np.flatnonzero(bits == 0) + start).astype(dtype, copy=False))
+            visible = np.unpackbits(~self._hidden_bits[start // 8 : (start + count + 7) // 8], count=count)
+            parts.append(np.flatnonzero(visible).astype(dtype) + dtype(start))
         return np.concatenate(parts)
 
     def epoch_order(self) -> np.ndarray:

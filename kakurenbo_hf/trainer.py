@@ -483,11 +483,11 @@ class KakurenboMixin(ResumeMixin, LossWeightingMixin, BatchSelectionMixin):
                 save_snapshot(self._rng_before_last_read, folder, self.accelerator.process_index)
             if self._batch_selector is not None:  # every rank: its own loss history
                 save_rank_state(self._batch_selector.state_dict(), folder, self.accelerator.process_index)
-            state = self.hiding_engine.state_dict()
-            if self.hiding_engine.sharded:  # every rank: its rows of the table
-                save_table_shard(state["stats"], self.hiding_engine.shard, folder)
+            engine = self.hiding_engine
+            if engine.sharded:  # every rank: its rows of the table
+                save_table_shard(engine.stats.state_dict(), engine.shard, folder)
             if self.args.should_save:
-                save_hiding_state(state, folder)
+                save_hiding_state(engine.state_dict(), folder)
         super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
