@@ -105,7 +105,7 @@ class HidingEngine:
             arguments=arguments, num_samples=self.num_samples, num_epochs=self.num_epochs,
         )
         self.sharded = shard is not None and not shard.is_whole
-        if self.sharded and not self.strategy.shardable:
+        if self.sharded and not self.strategy.is_shardable():
             raise ValueError(f"hiding_strategy={arguments.hiding_strategy!r} needs the whole table on one process")
         if self.sharded and (collective is None or shard.num_samples != self.num_samples):
             raise ValueError("a sharded engine needs its collective and a shard of the same num_samples")

@@ -315,7 +315,7 @@ class KakurenboMixin(ResumeMixin, LossWeightingMixin, BatchSelectionMixin):
         accelerator = self.accelerator
         if accelerator.num_processes == 1:
             return whole_table(num_samples)
-        if strategy_class(self.hiding_args.hiding_strategy).shardable:
+        if strategy_class(self.hiding_args.hiding_strategy).is_shardable():
             return shard_of(num_samples, accelerator.num_processes, accelerator.process_index)
         return whole_table(num_samples) if accelerator.is_main_process else None
 

@@ -193,6 +193,30 @@ def test_only_shardable_strategies_shard():
     assert not whole.sharded and whole.stats.num_samples == 100
 
 
+def test_a_subclass_that_changes_the_rule_is_not_sharded():
+    """A user's KAKURENBO variant that overrides `select` (or keeps histories) must not be bypassed by the
+    inherited shard rule: it gets the whole table on the main process."""
+    from kakurenbo_hf.strategies.base import strategy_class
+
+    class OwnSelect(KakurenboStrategy):
+        def select(self, stats, target_fraction, epoch):
+            return super().select(stats, target_fraction / 2, epoch)
+
+    class OwnHistory(KakurenboStrategy):
+        def observe(self, stats, indices, loss, confidence, correct):
+            pass
+
+    class OwnShard(OwnSelect):
+        def select_shard(self, stats, target_fraction, epoch, shard, collective):
+            return super().select_shard(stats, target_fraction / 2, epoch, shard, collective)
+
+    assert strategy_class("kakurenbo").is_shardable()
+    assert not OwnSelect.is_shardable() and not OwnHistory.is_shardable()
+    assert OwnShard.is_shardable()
+    assert not any(strategy_class(name).is_shardable() for name in
+                   ("random", "epsilon_greedy", "ucb", "forget", "infobatch", "iswr", "selective_backprop"))
+
+
 def test_a_shard_refuses_other_ranks_samples():
     stats = SampleStats(8, start=16)
     stats.update([16, 23], [1.0, 2.0], [0.5, 0.5], [True, False])

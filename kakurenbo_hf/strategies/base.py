@@ -103,6 +103,16 @@ class HidingStrategy(ABC):
         """Raise `ValueError` naming the field if one of this strategy's knobs is out of range."""
 
     @classmethod
+    def is_shardable(cls) -> bool:
+        """`shardable`, unless a subclass changed what the shard rule relies on: a `select` overridden
+        below the `select_shard` it would bypass, an `observe` (histories), loss weights or per-batch
+        selection. Then the main process holds the whole table, as for any strategy."""
+        if not cls.shardable or cls.uses_loss_weights or cls.selects_per_batch or cls.observe is not HidingStrategy.observe:
+            return False
+        owner = lambda name: next(klass for klass in cls.__mro__ if name in vars(klass))  # noqa: E731
+        return issubclass(owner("select_shard"), owner("select"))
+
+    @classmethod
     def weights_losses(cls, arguments) -> bool:
         """Whether its decisions under `arguments` may carry loss weights (default: `uses_loss_weights`)."""
         return cls.uses_loss_weights
