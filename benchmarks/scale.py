@@ -174,9 +174,12 @@ def measure_rates(n: int) -> dict:
         recorder.add(order[start : start + size], torch.rand(size), torch.rand(size), torch.rand(size) > 0.1,
                      step=start // 4096)
     columns = recorder._columns(None)
-    started = time.perf_counter()  # a rank packing its records for the all-to-all (rows, then by owner)
-    records = recorder._records(columns, 0, n)
-    records = records[np.argsort(owners(records["index"], n, 64).astype(np.uint16), kind="stable")]
+    started = time.perf_counter()  # a rank packing its records for the all-to-all (by owner, then rows)
+    host = recorder._numpy_columns(columns, 0, n)
+    by_owner = np.argsort(owners(host["index"], n, 64).astype(np.uint16), kind="stable")
+    records = np.empty(n, dtype=recorder.dtype)
+    for name in recorder.dtype.names:
+        records[name] = host[name][by_owner]
     pack_seconds = time.perf_counter() - started
     # What a table rank receives: the runs of several ranks, each in step order (merged by step).
     halves = np.concatenate([records[: n // 2][np.argsort(records["step"][: n // 2], kind="stable")],

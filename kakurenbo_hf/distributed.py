@@ -63,25 +63,29 @@ class ShardedTransport:
 
     max_over_ranks = MainProcessTransport.max_over_ranks
 
-    def exchange(self, records: np.ndarray) -> np.ndarray:
-        """This rank's `records` (a structured array) out to their owners; back, the records of this
-        rank's rows from every rank, in rank order, each rank's in the order it sent them."""
-        owner = owners(records["index"], self.num_samples, self.num_processes)
+    def exchange(self, columns: dict[str, np.ndarray], dtype: np.dtype) -> np.ndarray:
+        """This rank's records (`columns`, one array per field of `dtype`, in step order) out to their owners;
+        back, the records of this rank's rows from every rank (a structured array of `dtype`), rank by rank,
+        each rank's in the order it sent them."""
+        owner = owners(columns["index"], self.num_samples, self.num_processes)
         # A stable sort by owner keeps each owner's records in step order (radix sort below 2**16 ranks).
         order = np.argsort(owner.astype(np.uint16) if self.num_processes < 2**16 else owner, kind="stable")
+        records = np.empty(order.size, dtype=dtype)
+        for name in dtype.names:  # sorted column by column (contiguous), then interleaved into rows
+            records[name] = columns[name][order]
         send_counts = np.bincount(owner, minlength=self.num_processes).astype(np.int64)
         recv_counts = torch.empty(self.num_processes, dtype=torch.int64, device=self.device)
         dist.all_to_all_single(recv_counts, torch.from_numpy(send_counts).to(self.device))
         recv_counts = recv_counts.cpu().numpy()
-        itemsize = records.dtype.itemsize
-        payload = torch.from_numpy(np.ascontiguousarray(records[order]).view(np.uint8).reshape(-1)).to(self.device)
+        itemsize = dtype.itemsize
+        payload = torch.from_numpy(records.view(np.uint8).reshape(-1)).to(self.device)
         received = torch.empty(int(recv_counts.sum()) * itemsize, dtype=torch.uint8, device=self.device)
         own = dist.get_rank()
         dist.all_to_all_single(received, payload, output_split_sizes=(recv_counts * itemsize).tolist(),
                                input_split_sizes=(send_counts * itemsize).tolist())
         TRAFFIC["sent"] += int(send_counts.sum() - send_counts[own]) * itemsize
         TRAFFIC["received"] += int(recv_counts.sum() - recv_counts[own]) * itemsize
-        return received.cpu().numpy().view(records.dtype)
+        return received.cpu().numpy().view(dtype)
 
 
 class TorchCollective:

@@ -55,10 +55,10 @@ class Transport(Protocol):
         """Equal-size uint8 buffers of every rank, in rank order, on the main process (collective).
         (Transports with `sharded = False`.)"""
 
-    def exchange(self, records: np.ndarray) -> np.ndarray:
-        """Send each of this rank's `records` (structured, `record_dtype`) to the rank holding its
-        row; return the records of this rank's rows from every rank, rank by rank, in sent order
-        (collective; transports with `sharded = True`)."""
+    def exchange(self, columns: dict[str, np.ndarray], dtype: np.dtype) -> np.ndarray:
+        """Send each of this rank's records (one array per field of `dtype`) to the rank holding its
+        row; return the records of this rank's rows from every rank (structured), rank by rank, in
+        sent order (collective; transports with `sharded = True`)."""
 
 
 class StatsRecorder:
@@ -134,7 +134,7 @@ class StatsRecorder:
         for start in range(0, most_rows, per_rank):
             rows = min(per_rank, most_rows - start)
             if getattr(transport, "sharded", False):
-                received = transport.exchange(self._records(columns, start, rows))
+                received = transport.exchange(self._numpy_columns(columns, start, rows), self.dtype)
                 written += self._apply_columns({name: received[name] for name in self.dtype.names})
                 continue
             parts = transport.gather_to_main(self._pack(columns, start, rows))
@@ -142,13 +142,9 @@ class StatsRecorder:
                 written += self._apply([part.cpu().numpy() for part in parts], rows)
         return written
 
-    def _records(self, columns: list[torch.Tensor], start: int, rows: int) -> np.ndarray:
-        """This rank's rows [start, start + rows) (fewer past its last one) as a structured array."""
-        parts = [column[start : start + rows].cpu().numpy() for column in columns]
-        records = np.empty(parts[0].shape[0], dtype=self.dtype)
-        for name, part in zip(self.dtype.names, parts):
-            records[name] = part
-        return records
+    def _numpy_columns(self, columns: list[torch.Tensor], start: int, rows: int) -> dict[str, np.ndarray]:
+        """This rank's rows [start, start + rows) (fewer past its last one), one host array per field."""
+        return {name: column[start : start + rows].cpu().numpy() for name, column in zip(self.dtype.names, columns)}
 
     def _apply(self, buffers: list[np.ndarray], rows: int) -> int:
         """Write the rows of every rank's buffer (rank order) to the table, newest record last.

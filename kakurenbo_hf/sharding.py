@@ -74,8 +74,9 @@ def whole_table(num_samples: int) -> Shard:
 
 
 def owners(indices: np.ndarray, num_samples: int, num_ranks: int) -> np.ndarray:
-    """The rank whose shard holds each sample index."""
-    return (np.asarray(indices, dtype=np.int64) // shard_block(num_samples, num_ranks)).astype(np.int64)
+    """The rank whose shard holds each sample index (in the indices' own integer type)."""
+    indices = np.asarray(indices)
+    return indices // indices.dtype.type(shard_block(num_samples, num_ranks))
 
 
 class Collective(Protocol):
