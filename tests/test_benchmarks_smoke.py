@@ -187,8 +187,24 @@ def test_sync_smoke_two_processes(tmp_path):
         check=True, cwd=_ROOT, env=env, timeout=600,
     )
     record = _load(out)
-    assert record["processes"] == 2 and record["num_samples"] == 5000
+    assert record["processes"] == 2 and record["num_samples"] == 5000 and record["layout"] == "sharded"
     assert record["median"]["flush_seconds"] > 0
+
+
+def test_scale_cost_model_follows_the_layouts():
+    """The scale benchmark's single-core rates and its model: sharded, each rank holds N/P of the table and
+    receives its rows' records; on the main process, one rank receives (P - 1) shares and holds all."""
+    from benchmarks import scale
+
+    rates = scale.measure_rates(20_000)
+    assert all(rates[key] > 0 for key in rates if key.endswith("_per_second"))
+    sharded = scale.cost_model(10**8, 64, rates, layout="sharded")
+    main = scale.cost_model(10**8, 64, rates, layout="main_process")
+    records_per_rank = 10**8 / 64 * (0.7 + 0.15 * 0.3)
+    assert sharded["bytes_received_per_rank"] < 2 * 15 * records_per_rank + 10**8 / 8
+    assert main["bytes_received_per_rank"] == 15 * records_per_rank * 63
+    assert sharded["memory_table_rank"] < main["memory_table_rank"] / 10
+    assert scale.cost_model(2 * 10**8, 64, rates)["memory_table_rank"] > sharded["memory_table_rank"]
 
 
 LEADERBOARD_TINY = [
