@@ -232,16 +232,10 @@ class HidingEngine:
         if not no_statistics:
             plan.lr_factor = self._lr_factor(plan)
         self.plans.append(plan)
-        logger.info(
-            "epoch %d: hiding %d of %d samples (%.1f%%, target %.1f%%, %d candidates moved back), lr x%.3f",
-            epoch,
-            plan.num_hidden,
-            self.num_samples,
-            100 * plan.hidden_fraction,
-            100 * target,
-            plan.moved_back,
-            plan.lr_factor,
-        )
+        if self.collective.rank == 0:  # every rank plans a sharded epoch; one line is enough
+            logger.info("epoch %d: hiding %d of %d samples (%.1f%%, target %.1f%%, %d candidates moved back), lr x%.3f",
+                        epoch, plan.num_hidden, self.num_samples, 100 * plan.hidden_fraction, 100 * target,
+                        plan.moved_back, plan.lr_factor)
         return plan
 
     def _any_finite(self) -> bool:
