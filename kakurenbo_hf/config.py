@@ -119,7 +119,7 @@ class KakurenboArguments:
         default=3.0,
         metadata={
             "help": "selective_backprop: beta >= 0; a sample is backpropagated with probability "
-            "percentile(loss) ** beta (3: about 25% of the samples, 2: 33%, 1: 50%; 0: all)."
+            "percentile(loss) ** beta (3: about a quarter of the samples, 2: a third, 1: half; 0: all)."
         },
     )
     selective_backprop_history: int = field(
@@ -191,7 +191,7 @@ class KakurenboArguments:
         default=0.875,
         metadata={
             "help": "InfoBatch's delta in (0, 1]: epoch e (from 0) prunes while e + 1 <= delta * num_train_epochs; "
-            "the last epochs (12.5% by default) train on every sample with weight 1."
+            "the last epochs (an eighth by default) train on every sample with weight 1."
         },
     )
     iswr_smoothing: float = field(

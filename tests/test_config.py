@@ -46,6 +46,15 @@ def test_every_field_has_help():
         assert f.metadata.get("help"), f.name
 
 
+def test_help_formats():
+    """argparse %-formats help strings: a bare '%' in one made `--help` raise."""
+    from transformers import HfArgumentParser
+
+    from kakurenbo_hf import KakurenboTrainingArguments
+
+    HfArgumentParser(KakurenboTrainingArguments).format_help()
+
+
 @pytest.mark.parametrize(
     "kwargs, field_name",
     [
