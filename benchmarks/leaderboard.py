@@ -164,8 +164,9 @@ def run_one(method: Method, seed: int, wl: workloads.Prepared) -> dict:
         "final_accuracy": epochs[-1]["accuracy"] if epochs else None,
         "per_epoch": epochs,
         "hidden_per_epoch": [int(h["hidden"]) for h in hiding],
-        # The refresh pass (and the statistics transfer before the selection), included in train_seconds.
+        # The refresh pass (forward only) and the statistics flush before each selection, both in train_seconds.
         "refresh_seconds": float(sum(h.get("refresh_seconds", 0.0) for h in hiding)),
+        "flush_seconds": float(sum(h.get("flush_seconds", 0.0) for h in hiding)),
         **sample_counts(trainer, len(wl.train), wl.settings.epochs, hiding, method),
     }
     del trainer, model

@@ -27,6 +27,8 @@ from functools import partial
 import numpy as np
 
 from .config import KakurenboArguments
+from .refresh import refresh_period
+from .sampler import count_bits
 from .schedule import lr_factor, target_hiding_fraction
 from .sharding import Collective, LocalCollective, Shard, whole_table
 from .stats import SampleStats
@@ -51,7 +53,8 @@ class EpochPlan:
     num_samples: int
     start_step: int = 0  # global optimizer step at which the epoch (or its resumed segment) started
     update_steps: int = 0  # optimizer steps the epoch (segment) runs
-    refresh_seconds: float = 0.0  # time of the refresh pass that preceded the selection
+    refresh_seconds: float = 0.0  # time of the refresh pass (forward only) that preceded the selection
+    flush_seconds: float = 0.0  # time of the statistics flush (records to the table) before the selection
     num_refreshed: int = 0  # samples that refresh pass forwarded (all ranks)
     # Where the segment that starts at `start_step` begins in the epoch's order (0 unless the
     # epoch was resumed with another number of processes or batch size), and how many samples of
@@ -81,6 +84,7 @@ class EpochPlan:
             "kakurenbo/moved_back": self.moved_back,
             "kakurenbo/lr_factor": self.lr_factor,
             "kakurenbo/refresh_seconds": self.refresh_seconds,
+            "kakurenbo/flush_seconds": self.flush_seconds,
             "kakurenbo/refreshed": self.num_refreshed,
         }
 
@@ -146,7 +150,7 @@ class HidingEngine:
 
     @property
     def num_hidden(self) -> int:
-        return int(np.unpackbits(self.hidden_bits, count=self.num_samples).sum(dtype=np.int64))
+        return count_bits(self.hidden_bits, self.num_samples)
 
     @property
     def enabled(self) -> bool:
@@ -171,14 +175,17 @@ class HidingEngine:
     def samples_to_refresh(self, next_epoch: int) -> np.ndarray:
         """Indices hidden in the current epoch whose statistics are refreshed before `next_epoch`.
 
-        None when the strategy never reads them (`refreshes_hidden=False`). All of them with
-        `refresh_fraction=1`; otherwise a slice rotating with the epoch (index +
-        epoch divisible by R = round(1 / refresh_fraction)), so that a sample hidden R epochs in a
-        row is refreshed at least once in them.
+        Empty when the strategy never reads them (`refreshes_hidden=False`). All of them with
+        `refresh_fraction=1` and `refresh_budget=inf`; otherwise a slice rotating with the epoch
+        (index + epoch divisible by the period R of `refresh.refresh_period`: round(1 /
+        refresh_fraction), doubled while the slice would exceed `refresh_budget` x the samples the
+        epoch trained), so that a sample hidden R epochs in a row is refreshed at least once in
+        them. Reads only the hidden bitmask and the epoch: the same on every rank, no state.
         """
         if not (self.arguments.refresh_hidden and self.strategy.refreshes_hidden):
             return np.empty(0, dtype=np.int64)
-        period = max(1, round(1.0 / self.arguments.refresh_fraction))
+        period = refresh_period(self.num_hidden, self.num_samples, self.arguments.refresh_fraction,
+                                self.arguments.refresh_budget)
         dtype = np.int32 if self.num_samples < 2**31 else np.int64
         chunk = 1 << 23  # samples per step (a multiple of 8): no N-sized temporary
         parts = []

@@ -11,6 +11,15 @@ list, whose rows are computed but not recorded. The forward goes through the mod
 training loop holds it (the DDP/FSDP/DeepSpeed wrapper), never through a module stripped of its
 sharding.
 
+Which hidden samples are refreshed (`refresh_period`): those whose index plus the epoch is a
+multiple of a period R, a slice rotating with the epoch. R starts at round(1 / refresh_fraction)
+and doubles while the slice would exceed the budget, `refresh_budget` x the samples the ending
+epoch trained: the refresh costs at most about that share of an epoch's training forwards, whatever
+the hiding fraction. Periods are that base times powers of two, so a sample hidden for as many
+epochs in a row as the largest period used meanwhile is refreshed at least once in them. The rule
+reads only the hidden set and the epoch (every rank has both), keeps no state, and every rank
+derives the same refresh set from it.
+
 No transformers import: the trainer hands in what the pass needs.
 """
 
@@ -23,6 +32,30 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+
+
+def refresh_period(num_hidden: int, num_samples: int, refresh_fraction: float, refresh_budget: float) -> int:
+    """The rotation period R of the refresh slice: samples with (index + epoch) % R == 0 are refreshed.
+
+    R = R0 * 2**k, R0 = round(1 / refresh_fraction), k the smallest integer >= 0 with
+    num_hidden / R <= max(1, refresh_budget * (num_samples - num_hidden)): the expected slice stays
+    within the budget (a share of the samples the epoch trained). `refresh_budget=inf`: R = R0.
+
+    Example::
+
+        >>> refresh_period(450, 1000, 0.15, float("inf")), refresh_period(450, 1000, 0.15, 0.03)
+        (7, 28)
+    """
+    base = max(1, round(1.0 / refresh_fraction))
+    if num_hidden <= 0 or math.isinf(refresh_budget):
+        return base
+    cap = max(1.0, refresh_budget * (num_samples - num_hidden))
+    if num_hidden / base <= cap:
+        return base
+    doublings = math.ceil(math.log2(num_hidden / (base * cap)))
+    while num_hidden / (base << doublings) > cap:  # floating-point guard
+        doublings += 1
+    return base << doublings
 
 
 def plan_refresh_batches(indices: np.ndarray, rank: int, num_processes: int, batch_size: int) -> list[tuple[list[int], int]]:

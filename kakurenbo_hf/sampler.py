@@ -119,7 +119,7 @@ class HidingSampler(Sampler[int]):
         if bits.size != (self.num_samples + 7) // 8:
             raise ValueError(f"hidden bitmask must have {(self.num_samples + 7) // 8} bytes, got {bits.size}")
         self._hidden_bits = bits
-        self._num_hidden = _count_bits(self._hidden_bits, self.num_samples)
+        self._num_hidden = count_bits(self._hidden_bits, self.num_samples)
         self._reset_epoch_order()
 
     def set_draws(self, draws: np.ndarray | None) -> None:
@@ -232,7 +232,7 @@ class HidingSampler(Sampler[int]):
         return self.epoch_size - self.start
 
 
-def _count_bits(bits: np.ndarray, count: int) -> int:
+def count_bits(bits: np.ndarray, count: int) -> int:
     """Set bits among the first `count` of a packed bitmask (big-endian bits, as `np.packbits`)."""
     full, rest = divmod(count, 8)
     total = int(np.bitwise_count(bits[:full]).sum(dtype=np.int64))

@@ -347,8 +347,10 @@ class KakurenboMixin(ResumeMixin, LossWeightingMixin, BatchSelectionMixin):
         started = time.perf_counter()
         if len(to_refresh):
             self._refresh(model, to_refresh)
+        flush_started = time.perf_counter()
+        refresh_seconds = flush_started - started  # the plan keeps it only when something was refreshed
         self._flush_statistics()
-        refresh_seconds = time.perf_counter() - started  # the plan keeps it only when something was refreshed
+        flush_seconds = time.perf_counter() - flush_started
         plan = engine.plan_epoch(epoch) if engine.holds_table else None  # every rank, when sharded
         if plan is not None and self._last_batch_may_be_one():
             engine.avoid_last_batch_of_one(self._train_batch_size)
@@ -360,6 +362,7 @@ class KakurenboMixin(ResumeMixin, LossWeightingMixin, BatchSelectionMixin):
             if not engine.holds_table:
                 engine.adopt(EpochPlan(**values), bits, weights=weights, draws=draws)
         engine.note_refresh(refresh_seconds, len(to_refresh))
+        engine.current_plan.flush_seconds = flush_seconds  # this rank's; the boundary's bookkeeping, not the refresh
         return engine.current_plan
 
     def _last_batch_may_be_one(self) -> bool:

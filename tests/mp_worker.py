@@ -193,6 +193,7 @@ def run(spec: dict, out: str) -> None:
             hiding_fraction=float(spec.get("hiding_fraction", 0.5)),
             confidence_threshold=float(spec.get("confidence_threshold", 0.1)),
             refresh_fraction=float(spec.get("refresh_fraction", 1.0)),
+            refresh_budget=float(spec.get("refresh_budget", "inf")),
             **spec.get("hiding", {}),
             **common,
         )

@@ -145,7 +145,8 @@ def test_refresh_smoke(tmp_path, monkeypatch):
     out = tmp_path / "refresh.json"
     # tau = 0: every correct low-loss candidate is hidden, so the tiny run hides (and refreshes) samples.
     record = refresh.main(TINY + ["--dataset", "synthetic", "--epochs", "3", "--repeats", "2",
-                                  "--method", "kakurenbo:confidence_threshold=0,refresh_fraction=1", "--output", str(out)])
+                                  "--method", "kakurenbo:confidence_threshold=0,refresh_fraction=1,refresh_budget=inf",
+                                  "--output", str(out)])
     _load(out)
     n = 24
     hidden = record["counts"]["hidden_per_epoch"]

@@ -19,6 +19,7 @@ def test_defaults():
     assert args.confidence_threshold == 0.7
     assert args.hiding_decay_factors == [] and args.hiding_decay_milestones == []
     assert args.refresh_fraction == 0.15
+    assert args.refresh_budget == 0.03  # README, "Refresh budget": under 1% of train time on the leaderboard
     assert args.lr_compensation == "realized"  # cannot raise the LR when nothing is hidden
     assert args.resume_without_hiding_state is False
     assert args.refresh_hidden is True
@@ -46,6 +47,16 @@ def test_every_field_has_help():
         assert f.metadata.get("help"), f.name
 
 
+def test_help_formats():
+    """argparse %-formats help strings: a bare '%' in one made `--help` raise."""
+    from transformers import HfArgumentParser
+
+    from kakurenbo_hf import KakurenboTrainingArguments
+
+    text = HfArgumentParser(KakurenboTrainingArguments).format_help()
+    assert "--refresh_budget" in text
+
+
 @pytest.mark.parametrize(
     "kwargs, field_name",
     [
@@ -70,6 +81,9 @@ def test_every_field_has_help():
         ({"hiding_warmup_epochs": -2}, "hiding_warmup_epochs"),
         ({"hiding_warmup_epochs": 1.5}, "hiding_warmup_epochs"),
         ({"hiding_strategy": "nope"}, "hiding_strategy"),
+        ({"refresh_budget": 0.0}, "refresh_budget"),
+        ({"refresh_budget": -1.0}, "refresh_budget"),
+        ({"refresh_budget": float("nan")}, "refresh_budget"),
     ],
 )
 def test_bad_values_raise_value_error_naming_the_field(kwargs, field_name):

@@ -12,6 +12,8 @@ The end-to-end runs on CUDA are in `test_gpu_engines.py`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +21,8 @@ from accelerate.scheduler import AcceleratedScheduler
 from accelerate.utils.deepspeed import DummyScheduler
 from helpers import collate, make_image_dataset, make_vit
 
-from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
+from kakurenbo_hf import KakurenboArguments, KakurenboTrainer, KakurenboTrainingArguments
+from kakurenbo_hf.engine import HidingEngine
 from kakurenbo_hf.refresh import plan_refresh_batches
 from kakurenbo_hf.schedule import VirtualStepLR, find_virtual_scheduler, wrap_scheduler
 
@@ -38,6 +41,22 @@ def test_refresh_batches_are_equal_on_every_rank(num_hidden, num_processes, batc
         real = [i for batch, n in plan for i in batch[:n]]
         assert real == indices[rank::num_processes].tolist()  # rank r keeps its slice
         assert all(i in set(indices.tolist()) for batch, _ in plan for i in batch)  # padding is real samples
+
+
+@pytest.mark.parametrize("budget", [math.inf, 0.03, 0.001])
+@pytest.mark.parametrize("num_processes", [2, 3, 8])
+def test_budgeted_refresh_runs_equal_batches_on_every_rank(budget, num_processes):
+    """The budgeted slice (same on every rank) still splits into equal batch counts and sizes."""
+    n = 5000
+    engine = HidingEngine(n, num_epochs=10, arguments=KakurenboArguments(refresh_budget=budget), seed=0,
+                          holds_table=False)
+    engine.hidden = np.random.default_rng(7).random(n) < 0.45
+    for epoch in range(2, 40):
+        indices = engine.samples_to_refresh(epoch)
+        plans = [plan_refresh_batches(indices, rank, num_processes, 64) for rank in range(num_processes)]
+        sizes = [[len(batch) for batch, _ in plan] for plan in plans]
+        assert all(s == sizes[0] for s in sizes), (epoch, sizes)
+        assert sorted(i for plan in plans for batch, real in plan for i in batch[:real]) == indices.tolist()
 
 
 def test_refresh_geometry_is_validated():

@@ -111,8 +111,9 @@ def _expected_shares(order: list[int], num_processes: int, batch_size: int) -> t
 
 
 def _without_timing(plans: list[dict]) -> list[dict]:
-    """Epoch plans without their measured refresh time (differs across ranks and runs)."""
-    return [{key: value for key, value in plan.items() if key != "refresh_seconds"} for plan in plans]
+    """Epoch plans without their measured refresh and flush times (differ across ranks and runs)."""
+    return [{key: value for key, value in plan.items() if key not in ("refresh_seconds", "flush_seconds")}
+            for plan in plans]
 
 
 @pytest.fixture(scope="module")

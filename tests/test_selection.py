@@ -16,6 +16,7 @@ import pytest
 
 from kakurenbo_hf.config import KakurenboArguments
 from kakurenbo_hf.engine import STATE_FORMAT_VERSION, HidingEngine
+from kakurenbo_hf.refresh import refresh_period
 from kakurenbo_hf.stats import SampleStats
 from kakurenbo_hf.strategies import (
     HidingDecision,
@@ -435,13 +436,13 @@ def test_engine_hiding_fraction_zero_disables():
 
 
 def test_engine_samples_to_refresh():
-    engine = _learned_engine(refresh_fraction=1.0)
+    engine = _learned_engine(refresh_fraction=1.0, refresh_budget=math.inf)
     assert engine.samples_to_refresh(1).tolist() == []
     engine.plan_epoch(1)
     refresh = engine.samples_to_refresh(2)
     assert refresh.tolist() == list(range(10, 30))
     assert refresh.dtype.kind == "i"
-    off = _learned_engine(refresh_hidden=False, refresh_fraction=1.0)
+    off = _learned_engine(refresh_hidden=False, refresh_fraction=1.0, refresh_budget=math.inf)
     off.plan_epoch(1)
     assert off.hidden.sum() == 20
     assert off.samples_to_refresh(2).tolist() == []
@@ -449,13 +450,99 @@ def test_engine_samples_to_refresh():
 
 def test_partial_refresh_rotates_through_the_hidden_set():
     """refresh_fraction=1/4: a quarter of the hidden samples per epoch, each within any 4 epochs."""
-    engine = _learned_engine(refresh_fraction=0.25)
+    engine = _learned_engine(refresh_fraction=0.25, refresh_budget=math.inf)
     engine.plan_epoch(1)
     hidden = np.flatnonzero(engine.hidden)
     slices = [engine.samples_to_refresh(epoch) for epoch in range(2, 6)]
     assert all(abs(len(part) - len(hidden) / 4) <= 1 for part in slices)
     assert sorted(np.concatenate(slices).tolist()) == hidden.tolist()  # disjoint, covering the hidden set
     assert engine.samples_to_refresh(6).tolist() == slices[0].tolist()
+
+
+@pytest.mark.parametrize(
+    "num_hidden, num_samples, fraction, budget, period",
+    [
+        (0, 100, 0.15, 0.03, 7),  # nothing hidden: the base period
+        (450, 1000, 0.15, math.inf, 7),  # no cap: round(1 / refresh_fraction)
+        (450, 1000, 1.0, math.inf, 1),  # the paper's full refresh
+        (450, 1000, 0.15, 0.2, 7),  # 450 / 7 = 64 <= 0.2 x 550 = 110: within the budget
+        (450, 1000, 0.15, 0.1, 14),  # 64 > 55: doubled once, 32 <= 55
+        (450, 1000, 0.15, 0.03, 28),  # cap 16.5: 450 / 28 = 16.1
+        (450, 1000, 1.0, 0.03, 32),  # from a full refresh: 450 / 32 = 14.1 <= 16.5 < 450 / 16
+        (20, 100, 0.3, 0.03, 12),  # base round(1 / 0.3) = 3, cap 2.4: 20 / 12 <= 2.4 < 20 / 6
+        (95, 100, 1.0, 0.01, 128),  # a cap below one sample counts as one: 95 / 128 <= 1 < 95 / 64
+        (10**8 // 2, 10**8, 0.15, 0.03, 56),  # web scale: 5e7 / 56 = 893k <= 1.5M
+    ],
+)
+def test_refresh_period_on_hand_made_inputs(num_hidden, num_samples, fraction, budget, period):
+    assert refresh_period(num_hidden, num_samples, fraction, budget) == period
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.15, 0.01])
+@pytest.mark.parametrize("budget", [1.0, 0.1, 0.03, 0.001])
+def test_refresh_period_is_the_smallest_base_times_power_of_two_within_budget(fraction, budget):
+    base = max(1, round(1 / fraction))
+    for num_samples in (10, 1000, 123457):
+        for num_hidden in np.unique(np.linspace(0, 0.9 * num_samples, 25).astype(int)):
+            period = refresh_period(int(num_hidden), num_samples, fraction, budget)
+            ratio = period // base
+            assert period % base == 0 and ratio & (ratio - 1) == 0  # base x 2**k
+            cap = max(1.0, budget * (num_samples - num_hidden))
+            assert num_hidden == 0 or num_hidden / period <= cap
+            if ratio > 1:
+                assert num_hidden / (period // 2) > cap  # the smallest such period
+
+
+def test_budgeted_refresh_stays_within_budget_and_rotates():
+    """refresh_budget caps the slice (about budget x trained samples); every hidden sample comes round."""
+    n, budget = 20000, 0.03
+    engine = _learned_engine(n=n, hiding_fraction=0.5, hiding_decay_milestones=[], hiding_decay_factors=[],
+                             refresh_fraction=0.15, refresh_budget=budget)
+    engine.stats.update(np.arange(n), np.random.default_rng(0).random(n).astype(np.float32), np.full(n, 0.99),
+                        np.ones(n, bool))
+    engine.plan_epoch(1)
+    hidden = np.flatnonzero(engine.hidden)
+    period = refresh_period(hidden.size, n, 0.15, budget)
+    assert period == 56  # 10000 hidden, cap 0.03 x 10000 = 300: 10000 / 28 > 300 >= 10000 / 56
+    slices = [engine.samples_to_refresh(epoch) for epoch in range(2, 2 + period)]
+    assert all(len(part) <= 1.1 * budget * (n - hidden.size) for part in slices)
+    assert sorted(np.concatenate(slices).tolist()) == hidden.tolist()  # a hidden set kept R epochs: all refreshed
+    assert engine.samples_to_refresh(2 + period).tolist() == slices[0].tolist()
+
+
+def test_staleness_bound_holds_when_the_period_changes():
+    """A sample hidden R epochs in a row (R the largest period meanwhile) is refreshed at least once."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    engine = _learned_engine(n=n, refresh_fraction=0.15, refresh_budget=0.02)
+    streak = np.zeros(n, dtype=int)  # epochs hidden since the last refresh (or training)
+    periods = []
+    for epoch in range(1, 200):
+        mask = rng.random(n) < rng.uniform(0.2, 0.85)  # hidden sets (and so periods) vary from epoch to epoch
+        mask[:50] = True  # a few samples hidden throughout
+        engine.hidden = mask
+        periods.append(refresh_period(int(mask.sum()), n, 0.15, 0.02))
+        refreshed = np.zeros(n, dtype=bool)
+        refreshed[engine.samples_to_refresh(epoch + 1)] = True
+        streak = np.where(mask & ~refreshed, streak + 1, 0)
+        assert streak.max() < max(periods[-int(streak.max()) - 1:]), epoch
+    assert len(set(periods)) > 1
+
+
+def test_refresh_set_is_the_same_on_every_rank_and_after_a_resume(tmp_path):
+    """The rule reads only the bitmask and the epoch: a rank without the table and a resumed engine agree."""
+    n = 3000
+    engine = _learned_engine(n=n, hiding_fraction=0.5, hiding_decay_milestones=[], hiding_decay_factors=[])
+    plan = engine.plan_epoch(1)
+    other = HidingEngine(n, num_epochs=10, arguments=engine.arguments, seed=0, holds_table=False)
+    other.adopt(plan, engine.hidden_bits.copy())
+    resumed = HidingEngine(n, num_epochs=10, arguments=engine.arguments, seed=0)
+    resumed.load_state_dict(engine.state_dict())
+    want = engine.samples_to_refresh(2)
+    assert 0 < len(want) < plan.num_hidden
+    assert other.samples_to_refresh(2).tolist() == want.tolist()
+    assert resumed.samples_to_refresh(2).tolist() == want.tolist()
+    assert engine.samples_to_refresh(2).tolist() == want.tolist()  # no state: asking again changes nothing
 
 
 def test_engine_never_hides_unseen_samples():

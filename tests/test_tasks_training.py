@@ -26,7 +26,7 @@ def lm_args(tmp_path, **overrides):
                   hiding_fraction=0.5, disable_tqdm=True, seed=0, dataloader_num_workers=0,
                   # the paper's decay and a quarter refresh: the step numbers below (checkpoints) follow them
                   hiding_decay_milestones=[1 / 3, 2 / 3, 8 / 9], hiding_decay_factors=[0.8, 0.6, 0.4],
-                  refresh_fraction=0.25)
+                  refresh_fraction=0.25, refresh_budget=float("inf"))
     values.update(overrides)
     return KakurenboTrainingArguments(**values)
 

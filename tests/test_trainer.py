@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -217,7 +218,7 @@ def test_refresh_runs_forward_only_in_eval_mode(tmp_path, train_set):
         lambda module, args, output: calls.append((module.training, not torch.is_grad_enabled(),
                                                    output.logits.shape[0])))
     trainer = KakurenboTrainer(model=model, args=kakurenbo_args(tmp_path, refresh_batch_size=64, refresh_fraction=1.0,
-                                                                confidence_threshold=0.0),
+                                                                refresh_budget=math.inf, confidence_threshold=0.0),
                                train_dataset=train_set, data_collator=collate)
     trainer.train()
     refresh_calls = [c for c in calls if not c[0]]  # no_grad, not inference_mode: FSDP needs the former
