@@ -112,7 +112,8 @@ def worker(options) -> None:
                           data_collator=collate, callbacks=[boundary])
     else:
         args = KakurenboTrainingArguments(**common_args, hiding_fraction=0.3, hiding_decay_milestones=[],
-                                          hiding_decay_factors=[], refresh_fraction=options.refresh_fraction)
+                                          hiding_decay_factors=[], refresh_fraction=options.refresh_fraction,
+                                          refresh_budget=options.refresh_budget)
         trainer = KakurenboTrainer(model=Linear(), args=args, train_dataset=data, data_collator=collate,
                                    callbacks=[boundary])
     started = time.perf_counter()
@@ -122,7 +123,8 @@ def worker(options) -> None:
     record = dict(rank=trainer.accelerator.process_index, processes=trainer.accelerator.num_processes,
                   trainer=options.trainer, num_samples=n, peak_rss_mib=_peak_rss_mib(), train_seconds=train_seconds,
                   boundary_seconds=boundary.gaps, bytes_sent=TRAFFIC["sent"], bytes_received=TRAFFIC["received"],
-                  hidden=[p.num_hidden for p in plans], refresh_seconds=[p.refresh_seconds for p in plans])
+                  hidden=[p.num_hidden for p in plans], refreshed=[p.num_refreshed for p in plans],
+                  refresh_seconds=[p.refresh_seconds for p in plans], flush_seconds=[p.flush_seconds for p in plans])
     with open(os.path.join(options.out, f"{options.trainer}_{n}_rank{record['rank']}.json"), "w") as handle:
         json.dump(record, handle)
     if torch.distributed.is_initialized():  # a clean gloo shutdown: without it an exit can abort
@@ -130,11 +132,12 @@ def worker(options) -> None:
         torch.distributed.destroy_process_group()
 
 
-def launch(trainer: str, n: int, processes: int, out: str, refresh_fraction: float) -> list[dict]:
+def launch(trainer: str, n: int, processes: int, out: str, refresh_fraction: float, refresh_budget: float) -> list[dict]:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "benchmarks.scale", "--worker", "--trainer", trainer,
-               "--num-samples", str(n), "--out", out, "--refresh-fraction", str(refresh_fraction)]
+               "--num-samples", str(n), "--out", out, "--refresh-fraction", str(refresh_fraction),
+               "--refresh-budget", str(refresh_budget)]
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="")
     paths = [os.path.join(out, f"{trainer}_{n}_rank{r}.json") for r in range(processes)]
     for path in paths:
@@ -226,7 +229,8 @@ RECORD_BYTES, DEVICE_RECORD_BYTES, TABLE_BYTES, HISTOGRAM_BYTES = 15, 17, 7, 2 *
 
 
 def cost_model(n: int, p: int, rates: dict, hidden: float = 0.3, refresh_fraction: float = 0.15,
-               bandwidth_bytes: float = 100e9 / 8, latency: float = 20e-6, round_bytes: int = 16 * 2**20,
+               refresh_budget: float = 0.03, bandwidth_bytes: float = 100e9 / 8, latency: float = 20e-6,
+               round_bytes: int = 16 * 2**20,
                layout: str = "sharded") -> dict:
     """Bytes, extra memory and epoch-boundary time per rank for N samples on P ranks (see README).
 
@@ -235,9 +239,12 @@ def cost_model(n: int, p: int, rates: dict, hidden: float = 0.3, refresh_fractio
     (the other strategies): rank 0 receives every record, applies them and selects alone, then
     broadcasts the bitmask.
     """
-    records_per_rank = n / p * ((1 - hidden) + refresh_fraction * hidden)  # training + refresh forwards
+    from kakurenbo_hf.refresh import refresh_period
+
+    refreshed = hidden / refresh_period(int(hidden * n), n, refresh_fraction, refresh_budget)  # share of N
+    records_per_rank = n / p * ((1 - hidden) + refreshed)  # training + refresh forwards
     bitmask = n / 8
-    refresh_list = 4 * refresh_fraction * hidden * n  # int32 indices of the samples refreshed
+    refresh_list = 4 * refreshed * n  # int32 indices of the samples refreshed
     rounds = max(1, -(-int(records_per_rank * RECORD_BYTES * p) // round_bytes))
     # Every rank, N-sized: the refresh list from the bitmask, and the epoch's visible indices (our order,
     # which replaces the plain Trainer's randperm(N) + list: only what ours costs beyond that is counted).
@@ -256,7 +263,7 @@ def cost_model(n: int, p: int, rates: dict, hidden: float = 0.3, refresh_fractio
         at_refresh = refresh_list + DEVICE_RECORD_BYTES * records_per_rank
         at_selection = 2 * bitmask + 2 * HISTOGRAM_BYTES
         memory = persistent + max(at_flush, at_refresh, at_selection)
-        return dict(layout=layout, n=n, p=p, rounds=rounds, order_extra_seconds=order_extra,
+        return dict(layout=layout, n=n, p=p, rounds=rounds, refreshed_share=refreshed, order_extra_seconds=order_extra,
                     order_seconds=n * (1 - hidden) / rates["order_samples_per_second"],
                     plain_order_seconds=n / rates["plain_order_samples_per_second"],
                     bytes_sent_per_rank=exchanged + collectives,
@@ -269,7 +276,7 @@ def cost_model(n: int, p: int, rates: dict, hidden: float = 0.3, refresh_fractio
     seconds = ((received_main + bitmask * (p - 1)) / bandwidth_bytes + rounds * latency * p
                + records_per_rank * p / rates["apply_records_per_second"]
                + n / rates["select_samples_per_second"] + every_rank)
-    return dict(layout=layout, n=n, p=p, rounds=rounds, order_extra_seconds=order_extra,
+    return dict(layout=layout, n=n, p=p, rounds=rounds, refreshed_share=refreshed, order_extra_seconds=order_extra,
                 order_seconds=n * (1 - hidden) / rates["order_samples_per_second"],
                 plain_order_seconds=n / rates["plain_order_samples_per_second"],
                 bytes_sent_per_rank=sent, bytes_received_per_rank=received_main,
@@ -283,6 +290,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e5, 1e6, 2e6])
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--refresh-fraction", type=float, default=0.15, help="the library default")
+    parser.add_argument("--refresh-budget", type=float, default=0.03, help="the library default")
     parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "scale.json"))
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--trainer", default="kakurenbo")
@@ -297,8 +305,8 @@ def main(argv=None) -> dict:
     out = tempfile.mkdtemp(prefix="scale_runs_")
     rows, results = [], []
     for n in (int(size) for size in options.sizes):
-        plain = launch("plain", n, options.processes, out, options.refresh_fraction)
-        ours = launch("kakurenbo", n, options.processes, out, options.refresh_fraction)
+        plain = launch("plain", n, options.processes, out, options.refresh_fraction, options.refresh_budget)
+        ours = launch("kakurenbo", n, options.processes, out, options.refresh_fraction, options.refresh_budget)
         results.append({"num_samples": n, "plain": plain, "kakurenbo": ours})
         millions = n / 1e6
         for rank in range(options.processes):
@@ -314,7 +322,8 @@ def main(argv=None) -> dict:
          "extra MiB per 1M", "boundary after a hiding epoch (s)", "plain Trainer's (s)", "extra s per 1M"], rows)
     rates = measure_rates(int(options.rates_n))
     n_model, p_model = int(options.model[0]), int(options.model[1])
-    models = [cost_model(n_model, p_model, rates, refresh_fraction=options.refresh_fraction, layout=layout)
+    models = [cost_model(n_model, p_model, rates, refresh_fraction=options.refresh_fraction,
+                         refresh_budget=options.refresh_budget, layout=layout)
               for layout in ("sharded", "main_process")]
     model = models[0]
     markdown += (
