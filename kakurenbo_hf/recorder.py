@@ -62,12 +62,12 @@ class Transport(Protocol):
 
 
 class StatsRecorder:
-    """Per-step records of this rank, written to the table (held by the main process) on `flush`.
+    """Per-step records of this rank, written on `flush` to the table (its rows' ranks, or the main process).
 
     Args:
         stats: the table (whole, or this rank's shard), or None on a rank that holds none.
         num_samples: N (the table's size; needed where `stats` is None).
-        round_bytes: the most record bytes the main process receives in one round.
+        round_bytes: the most record bytes all ranks send in one round (what one rank can receive at most).
     """
 
     def __init__(self, stats: SampleStats | None, num_samples: int | None = None,
