@@ -25,7 +25,8 @@ import zlib
 import numpy as np
 from safetensors.numpy import save_file
 
-from .sharding import Shard
+from .sharding import Shard, shard_of
+from .stats import SampleStats
 
 HIDING_STATE_NAME = "kakurenbo_state.safetensors"
 _READ_CHUNK = 1 << 22  # rows per read of a table array
@@ -34,7 +35,6 @@ _READ_CHUNK = 1 << 22  # rows per read of a table array
 _TOP_ARRAYS = ("hidden", "order_rng_state", "weights", "draws")
 _REQUIRED_TOP = ("hidden",)  # the others are absent from files written before they existed
 _GROUPS = ("stats", "strategy")  # held by the table's rank only (loaded with `with_stats`)
-_REQUIRED_STATS = ("loss", "confidence", "correct")
 
 
 def _crc(array: np.ndarray) -> int:
@@ -101,40 +101,38 @@ def load_table_rows(folder: str, start: int, stop: int) -> dict[str, np.ndarray]
     if shards <= 1:
         sources = [(main_path, "stats_", 0)]
     else:
-        from .sharding import shard_of
-
-        sources = []
-        for rank in range(shards):
-            saved = shard_of(num_samples, shards, rank)
-            if saved.start < stop and start < saved.stop:
-                sources.append((os.path.join(folder, table_shard_name(rank, shards)), "", saved.start))
-    from .stats import SampleStats
-
-    rows = SampleStats(stop - start, start=start) if stop > start or start else None
-    out = rows.state_dict() if rows is not None else {}
+        saved = [shard_of(num_samples, shards, rank) for rank in range(shards)]
+        sources = [(os.path.join(folder, table_shard_name(shard.rank, shards)), "", shard.start)
+                   for shard in saved if shard.start < stop and start < shard.stop]
+    out = SampleStats(stop - start, start=start).state_dict()  # every row is overwritten below
     for path, prefix, first in sources:
         if not os.path.isfile(path):
             raise ValueError(f"{path} is missing: the checkpoint's statistics table was saved in {shards} parts")
         try:
             with safe_open(path, framework="numpy") as handle:
                 checksums = json.loads((handle.metadata() or {})["checksums"])
-                for name in out:
-                    key = prefix + name
-                    column = handle.get_slice(key)
-                    length = column.get_shape()[0]
-                    crc = 0
-                    for offset in range(0, length, _READ_CHUNK):
-                        chunk = column[offset : min(length, offset + _READ_CHUNK)]
-                        crc = zlib.crc32(np.ascontiguousarray(chunk).view(np.uint8).reshape(-1).data, crc)
-                        lo, hi = max(start, first + offset), min(stop, first + offset + chunk.shape[0])
-                        if lo < hi:
-                            out[name][lo - start : hi - start] = chunk[lo - first - offset : hi - first - offset]
-                    if key in checksums and crc != int(checksums[key]):
-                        raise ValueError(f"array {key!r} does not match its checksum")
+                for name, rows in out.items():
+                    _copy_rows(handle, prefix + name, first, start, rows, checksums)
         except Exception as error:  # safetensors raises its own error types, without the path
             raise ValueError(f"{path}: the statistics cannot be read ({type(error).__name__}: {error}); the file is "
                              "truncated or corrupt. Resume from another checkpoint.") from error
     return out
+
+
+def _copy_rows(handle, key: str, first: int, start: int, rows: np.ndarray, checksums: dict) -> None:
+    """Copy the rows of array `key` (sample `first` at its row 0) that fall in `rows` (sample `start` at
+    row 0), reading the array in chunks and checking its checksum on the way."""
+    column = handle.get_slice(key)
+    length = column.get_shape()[0]
+    crc = 0
+    for offset in range(0, length, _READ_CHUNK):
+        chunk = column[offset : min(length, offset + _READ_CHUNK)]
+        crc = zlib.crc32(np.ascontiguousarray(chunk).view(np.uint8).reshape(-1).data, crc)
+        low, high = max(start, first + offset), min(start + rows.shape[0], first + offset + chunk.shape[0])
+        if low < high:
+            rows[low - start : high - start] = chunk[low - first - offset : high - first - offset]
+    if key in checksums and crc != int(checksums[key]):
+        raise ValueError(f"array {key!r} does not match its checksum")
 
 
 def load_hiding_state(folder: str, with_stats: bool = True, rows: tuple[int, int] | None = None) -> dict | None:
@@ -153,7 +151,13 @@ def load_hiding_state(folder: str, with_stats: bool = True, rows: tuple[int, int
     try:
         with safe_open(path, framework="numpy") as handle:
             metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys() if _group_of(name) is None}
+            saved_samples = int(metadata.get("num_samples", -1))  # checked below
+            if rows is None and with_stats:
+                rows = (0, saved_samples)
+            whole = rows is not None and tuple(rows) == (0, saved_samples)
+            # The statistics come through `load_table_rows`; the strategy's arrays only with the whole table.
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()
+                       if _group_of(name) is None or (whole and _group_of(name) == "strategy")}
     except Exception as error:  # safetensors raises its own error types, without the path
         raise ValueError(
             f"{path} cannot be read as a kakurenbo_hf hiding state ({type(error).__name__}: {error}); the file is "
@@ -183,27 +187,9 @@ def load_hiding_state(folder: str, with_stats: bool = True, rows: tuple[int, int
                 state[name] = array
     except (KeyError, ValueError, TypeError) as error:
         raise ValueError(f"{path} is not a valid kakurenbo_hf hiding state: {error}") from error
-    if rows is None and with_stats:
-        rows = (0, state["num_samples"])
     if rows is not None:
         state["stats"] = load_table_rows(folder, *rows)
-        if tuple(rows) == (0, state["num_samples"]):
-            state["strategy"] = _load_group(path, "strategy")
     return state
-
-
-def _load_group(path: str, group: str) -> dict[str, np.ndarray]:
-    """The arrays of `group` in the main file, checked against their checksums."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="numpy") as handle:
-        checksums = json.loads((handle.metadata() or {}).get("checksums", "{}"))
-        arrays = {name[len(group) + 1 :]: handle.get_tensor(name) for name in handle.keys() if _group_of(name) == group}
-    for name, array in arrays.items():
-        key = f"{group}_{name}"
-        if key in checksums and _crc(array) != int(checksums[key]):
-            raise ValueError(f"{path} is not a valid kakurenbo_hf hiding state: array {key!r} does not match its checksum")
-    return arrays
 
 
 def _group_of(name: str) -> str | None:

@@ -26,9 +26,9 @@ from functools import partial
 
 import numpy as np
 
+from .bitmask import count_bits, positions
 from .config import KakurenboArguments
 from .refresh import refresh_period
-from .sampler import count_bits
 from .schedule import lr_factor, target_hiding_fraction
 from .sharding import Collective, LocalCollective, Shard, whole_table
 from .stats import SampleStats
@@ -186,16 +186,7 @@ class HidingEngine:
             return np.empty(0, dtype=np.int64)
         period = refresh_period(self.num_hidden, self.num_samples, self.arguments.refresh_fraction,
                                 self.arguments.refresh_budget)
-        dtype = np.int32 if self.num_samples < 2**31 else np.int64
-        chunk = 1 << 23  # samples per step (a multiple of 8): no N-sized temporary
-        parts = []
-        for start in range(0, self.num_samples, chunk):
-            count = min(chunk, self.num_samples - start)
-            bits = np.unpackbits(self.hidden_bits[start // 8 : (start + count + 7) // 8], count=count)
-            first = (-(start + next_epoch)) % period  # the chunk's first position whose index + epoch is 0 mod R
-            hidden = np.flatnonzero(bits[first::period]).astype(dtype) * dtype(period) + dtype(start + first)
-            parts.append(hidden)
-        return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+        return positions(self.hidden_bits, self.num_samples, period=period, phase=next_epoch)
 
     def plan_epoch(self, epoch: int) -> EpochPlan:
         """Choose the hidden set of `epoch` from the current statistics (deterministic)."""

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from .bitmask import count_bits, positions
 from .permutation import KeyedPermutation
 
 
@@ -156,16 +157,9 @@ class HidingSampler(Sampler[int]):
 
     def visible_indices(self) -> np.ndarray:
         """The visible indices, ascending (int32 below 2**31 samples), unpacked chunk by chunk."""
-        dtype = np.int32 if self.num_samples < 2**31 else np.int64
         if not self._hidden_bits.any():
-            return np.arange(self.num_samples, dtype=dtype)
-        chunk = 1 << 23  # samples per chunk (a multiple of 8)
-        parts = []
-        for start in range(0, self.num_samples, chunk):
-            count = min(chunk, self.num_samples - start)
-            visible = np.unpackbits(~self._hidden_bits[start // 8 : (start + count + 7) // 8], count=count)
-            parts.append(np.flatnonzero(visible).astype(dtype) + dtype(start))
-        return np.concatenate(parts)
+            return np.arange(self.num_samples, dtype=np.int32 if self.num_samples < 2**31 else np.int64)
+        return positions(self._hidden_bits, self.num_samples, value=False)
 
     def epoch_order(self) -> np.ndarray:
         """The indices of this epoch, in order (integer array, cached until the epoch or mask changes)."""
@@ -231,11 +225,3 @@ class HidingSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.epoch_size - self.start
 
-
-def count_bits(bits: np.ndarray, count: int) -> int:
-    """Set bits among the first `count` of a packed bitmask (big-endian bits, as `np.packbits`)."""
-    full, rest = divmod(count, 8)
-    total = int(np.bitwise_count(bits[:full]).sum(dtype=np.int64))
-    if rest:  # ignore the padding bits of the last byte
-        total += int(np.bitwise_count(bits[full] & np.uint8((0xFF << (8 - rest)) & 0xFF)))
-    return total

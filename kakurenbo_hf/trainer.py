@@ -324,7 +324,7 @@ class KakurenboMixin(ResumeMixin, LossWeightingMixin, BatchSelectionMixin):
         shard = self._table_shard(num_samples)
         sharded = shard is not None and not shard.is_whole
         self.hiding_engine = HidingEngine(num_samples, num_epochs, self.hiding_args, seed=self.hiding_sampler.seed,
-                                          holds_table=shard is not None, shard=shard if sharded else None,
+                                          holds_table=shard is not None, shard=shard,
                                           collective=TorchCollective(self.args.device) if sharded else None)
         self._recorder = StatsRecorder(self.hiding_engine.stats, num_samples=num_samples)
         if self._resumed_hiding_state is not None:
