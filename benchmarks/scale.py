@@ -51,7 +51,7 @@ def worker(options) -> None:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
-    from kakurenbo_hf.distributed import TRAFFIC
+    from kakurenbo_hf.distributed.transport import TRAFFIC
 
     torch.set_num_threads(1)
     n = options.num_samples
@@ -159,12 +159,12 @@ def measure_rates(n: int) -> dict:
     import numpy as np
     import torch
 
-    from kakurenbo_hf.config import KakurenboArguments
-    from kakurenbo_hf.engine import HidingEngine
-    from kakurenbo_hf.recorder import StatsRecorder
-    from kakurenbo_hf.sampler import HidingSampler
-    from kakurenbo_hf.sharding import owners
-    from kakurenbo_hf.stats import SampleStats
+    from kakurenbo_hf.core.config import KakurenboArguments
+    from kakurenbo_hf.core.engine import HidingEngine
+    from kakurenbo_hf.distributed.recorder import StatsRecorder
+    from kakurenbo_hf.core.sampler import HidingSampler
+    from kakurenbo_hf.core.sharding import owners
+    from kakurenbo_hf.core.stats import SampleStats
     from kakurenbo_hf.strategies.kakurenbo import KakurenboStrategy
 
     torch.set_num_threads(1)
@@ -239,7 +239,7 @@ def cost_model(n: int, p: int, rates: dict, hidden: float = 0.3, refresh_fractio
     (the other strategies): rank 0 receives every record, applies them and selects alone, then
     broadcasts the bitmask.
     """
-    from kakurenbo_hf.refresh import refresh_period
+    from kakurenbo_hf.core.refresh_slice import refresh_period
 
     refreshed = hidden / refresh_period(int(hidden * n), n, refresh_fraction, refresh_budget)  # share of N
     records_per_rank = n / p * ((1 - hidden) + refreshed)  # training + refresh forwards

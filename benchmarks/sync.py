@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from kakurenbo_hf.distributed import MainProcessTransport, ShardedTransport
-from kakurenbo_hf.recorder import StatsRecorder
-from kakurenbo_hf.sharding import shard_of
-from kakurenbo_hf.stats import SampleStats
+from kakurenbo_hf.distributed.transport import MainProcessTransport, ShardedTransport
+from kakurenbo_hf.distributed.recorder import StatsRecorder
+from kakurenbo_hf.core.sharding import shard_of
+from kakurenbo_hf.core.stats import SampleStats
 
 from . import common
 

@@ -4,28 +4,28 @@
 
 is all a `Trainer` script needs to change. The algorithm's modules (`config`, `stats`,
 `strategies`, `sampler`, `schedule`, `engine`) do not import transformers; the two Trainer
-classes are loaded on first use, so `import kakurenbo_hf.engine` stays light.
+classes are loaded on first use, so `import kakurenbo_hf.core.engine` stays light.
 """
 
-from .config import KakurenboArguments
-from .engine import EpochPlan, HidingEngine
-from .sampler import HidingSampler
-from .stats import SampleStats, per_sample_statistics
+from .core.config import KakurenboArguments
+from .core.engine import EpochPlan, HidingEngine
+from .core.sampler import HidingSampler
+from .core.stats import SampleStats, per_sample_statistics
 from .strategies import HidingStrategy, available_strategies, build_strategy, register_strategy
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "KakurenboTrainer": "trainer",
-    "KakurenboMixin": "trainer",
-    "default_per_sample_statistics": "trainer",
-    "KakurenboTrainingArguments": "training_args",
-    "KakurenboSeq2SeqTrainer": "integrations",
-    "KakurenboSFTTrainer": "integrations",
-    "with_hiding": "integrations",
-    "KakurenboSeq2SeqTrainingArguments": "integrations",
-    "KakurenboSFTConfig": "integrations",
-    "with_hiding_arguments": "integrations",
+    "KakurenboTrainer": "hf.trainer",
+    "KakurenboMixin": "hf.trainer",
+    "default_per_sample_statistics": "hf.trainer",
+    "KakurenboTrainingArguments": "hf.training_args",
+    "KakurenboSeq2SeqTrainer": "hf.integrations",
+    "KakurenboSFTTrainer": "hf.integrations",
+    "with_hiding": "hf.integrations",
+    "KakurenboSeq2SeqTrainingArguments": "hf.integrations",
+    "KakurenboSFTConfig": "hf.integrations",
+    "with_hiding_arguments": "hf.integrations",
 }
 
 

@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import augmented, collate, make_deit, make_image_dataset, make_vit  # noqa: E402
 
 from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments  # noqa: E402
-from kakurenbo_hf.indexing import SAMPLE_INDEX_KEY  # noqa: E402
+from kakurenbo_hf.hf.indexing import SAMPLE_INDEX_KEY  # noqa: E402
 
 
 class RecordingMixin:

@@ -16,8 +16,8 @@ from helpers import augmented, collate, make_image_dataset, make_vit
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
 from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
-from kakurenbo_hf.checkpoint import HIDING_STATE_NAME, load_hiding_state, save_hiding_state
-from kakurenbo_hf.indexing import SAMPLE_INDEX_KEY
+from kakurenbo_hf.distributed.checkpoint import HIDING_STATE_NAME, load_hiding_state, save_hiding_state
+from kakurenbo_hf.hf.indexing import SAMPLE_INDEX_KEY
 
 COMMON = dict(per_device_train_batch_size=16, learning_rate=3e-3, use_cpu=True, report_to=[], logging_steps=1,
               save_strategy="no", seed=7, disable_tqdm=True, dataloader_pin_memory=False)

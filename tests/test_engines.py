@@ -22,9 +22,9 @@ from accelerate.utils.deepspeed import DummyScheduler
 from helpers import collate, make_image_dataset, make_vit
 
 from kakurenbo_hf import KakurenboArguments, KakurenboTrainer, KakurenboTrainingArguments
-from kakurenbo_hf.engine import HidingEngine
-from kakurenbo_hf.refresh import plan_refresh_batches
-from kakurenbo_hf.schedule import VirtualStepLR, find_virtual_scheduler, wrap_scheduler
+from kakurenbo_hf.core.engine import HidingEngine
+from kakurenbo_hf.core.refresh_slice import plan_refresh_batches
+from kakurenbo_hf.core.schedule import VirtualStepLR, find_virtual_scheduler, wrap_scheduler
 
 
 @pytest.mark.parametrize("num_hidden", [0, 1, 2, 63, 64, 65, 127, 128, 129, 1001])

@@ -13,10 +13,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from kakurenbo_hf.checkpoint import load_hiding_state, save_hiding_state
-from kakurenbo_hf.config import KakurenboArguments
-from kakurenbo_hf.engine import HidingEngine
-from kakurenbo_hf.stats import SampleStats
+from kakurenbo_hf.distributed.checkpoint import load_hiding_state, save_hiding_state
+from kakurenbo_hf.core.config import KakurenboArguments
+from kakurenbo_hf.core.engine import HidingEngine
+from kakurenbo_hf.core.stats import SampleStats
 from kakurenbo_hf.strategies.epsilon_greedy import EpsilonGreedyStrategy
 from kakurenbo_hf.strategies.forget import ForgetStrategy
 from kakurenbo_hf.strategies.kakurenbo import KakurenboStrategy

@@ -11,8 +11,8 @@ from datasets import Dataset as HFDataset
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data import default_collate
 
-from kakurenbo_hf.indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
-from kakurenbo_hf.sampler import HidingSampler
+from kakurenbo_hf.hf.indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
+from kakurenbo_hf.core.sampler import HidingSampler
 
 
 class ListDataset(Dataset):

@@ -29,7 +29,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kakurenbo_hf.stats import SampleStats
+from kakurenbo_hf.core.stats import SampleStats
 from kakurenbo_hf.strategies.kakurenbo import KakurenboStrategy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kakurenbo_hf.permutation import KeyedPermutation
+from kakurenbo_hf.core.permutation import KeyedPermutation
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 16, 17, 255, 256, 1000, 65537, 1 << 20])

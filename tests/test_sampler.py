@@ -8,9 +8,9 @@ import torch
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler, RandomSampler
 
-from kakurenbo_hf import sampler as sampler_module
-from kakurenbo_hf.permutation import KeyedPermutation
-from kakurenbo_hf.sampler import HidingSampler
+from kakurenbo_hf.core import sampler as sampler_module
+from kakurenbo_hf.core.permutation import KeyedPermutation
+from kakurenbo_hf.core.sampler import HidingSampler
 
 
 def random_mask(n, fraction, seed=0):

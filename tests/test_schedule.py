@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import LambdaLR, MultiplicativeLR, ReduceLROnPlateau, StepLR
 
-from kakurenbo_hf.schedule import (
+from kakurenbo_hf.core.schedule import (
     VirtualStepLR,
     decay_multiplier,
     lr_factor,
@@ -239,7 +239,7 @@ def test_wrap_scheduler_accepts_lambdalr_only():
 
 
 def test_lr_factor_is_bounded():
-    from kakurenbo_hf.schedule import MAX_LR_FACTOR
+    from kakurenbo_hf.core.schedule import MAX_LR_FACTOR
 
     assert lr_factor("target", 0.9, 0.0) == pytest.approx(MAX_LR_FACTOR)
     assert lr_factor("realized", 0.3, 0.95) == MAX_LR_FACTOR  # a custom strategy hiding more: still bounded

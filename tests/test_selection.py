@@ -14,10 +14,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from kakurenbo_hf.config import KakurenboArguments
-from kakurenbo_hf.engine import STATE_FORMAT_VERSION, HidingEngine
-from kakurenbo_hf.refresh import refresh_period
-from kakurenbo_hf.stats import SampleStats
+from kakurenbo_hf.core.config import KakurenboArguments
+from kakurenbo_hf.core.engine import STATE_FORMAT_VERSION, HidingEngine
+from kakurenbo_hf.core.refresh_slice import refresh_period
+from kakurenbo_hf.core.stats import SampleStats
 from kakurenbo_hf.strategies import (
     HidingDecision,
     HidingStrategy,

@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainingArguments
 
 from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
-from kakurenbo_hf.checkpoint import rank_state_file_name
-from kakurenbo_hf.config import KakurenboArguments
-from kakurenbo_hf.indexing import SAMPLE_INDEX_KEY
-from kakurenbo_hf.stats import SampleStats, per_sample_statistics
+from kakurenbo_hf.distributed.checkpoint import rank_state_file_name
+from kakurenbo_hf.core.config import KakurenboArguments
+from kakurenbo_hf.hf.indexing import SAMPLE_INDEX_KEY
+from kakurenbo_hf.core.stats import SampleStats, per_sample_statistics
 from kakurenbo_hf.strategies import build_strategy
 from kakurenbo_hf.strategies.selective_backprop import BackpropSelector, take_rows
 

@@ -19,7 +19,7 @@ import pytest
 from safetensors.numpy import load_file
 from test_multiprocess import _assert_same_weights, _expected_shares, _launch, _loss_logs, _records, _weights
 
-from kakurenbo_hf.checkpoint import rank_state_file_name
+from kakurenbo_hf.distributed.checkpoint import rank_state_file_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

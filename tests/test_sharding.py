@@ -10,11 +10,11 @@ import threading
 import numpy as np
 import pytest
 
-from kakurenbo_hf.checkpoint import load_hiding_state, load_table_rows, save_hiding_state, save_table_shard
-from kakurenbo_hf.config import KakurenboArguments
-from kakurenbo_hf.engine import HidingEngine
-from kakurenbo_hf.sharding import LocalCollective, owners, shard_of, whole_table
-from kakurenbo_hf.stats import SampleStats
+from kakurenbo_hf.distributed.checkpoint import load_hiding_state, load_table_rows, save_hiding_state, save_table_shard
+from kakurenbo_hf.core.config import KakurenboArguments
+from kakurenbo_hf.core.engine import HidingEngine
+from kakurenbo_hf.core.sharding import LocalCollective, owners, shard_of, whole_table
+from kakurenbo_hf.core.stats import SampleStats
 from kakurenbo_hf.strategies.kakurenbo import KakurenboStrategy, lowest_loss_mask
 
 

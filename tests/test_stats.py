@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kakurenbo_hf.config import KakurenboArguments
-from kakurenbo_hf.engine import HidingEngine
-from kakurenbo_hf.recorder import StatsRecorder
-from kakurenbo_hf.stats import SampleStats, per_sample_statistics
+from kakurenbo_hf.core.config import KakurenboArguments
+from kakurenbo_hf.core.engine import HidingEngine
+from kakurenbo_hf.distributed.recorder import StatsRecorder
+from kakurenbo_hf.core.stats import SampleStats, per_sample_statistics
 
 
 def reference(logits, labels):

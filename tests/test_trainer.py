@@ -14,7 +14,7 @@ from helpers import accuracy, collate, make_deit, make_image_dataset, make_vit
 from transformers import Trainer, TrainerCallback, TrainingArguments, ViTForImageClassification
 
 from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
-from kakurenbo_hf.checkpoint import HIDING_STATE_NAME, load_hiding_state, save_hiding_state
+from kakurenbo_hf.distributed.checkpoint import HIDING_STATE_NAME, load_hiding_state, save_hiding_state
 
 COMMON = dict(
     per_device_train_batch_size=16,

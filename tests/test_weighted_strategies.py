@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from helpers import collate, make_image_dataset, make_vit
 
 from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
-from kakurenbo_hf.config import KakurenboArguments
-from kakurenbo_hf.engine import HidingEngine
-from kakurenbo_hf.indexing import SAMPLE_INDEX_KEY
-from kakurenbo_hf.stats import SampleStats
+from kakurenbo_hf.core.config import KakurenboArguments
+from kakurenbo_hf.core.engine import HidingEngine
+from kakurenbo_hf.hf.indexing import SAMPLE_INDEX_KEY
+from kakurenbo_hf.core.stats import SampleStats
 from kakurenbo_hf.strategies import build_strategy
 from kakurenbo_hf.strategies.infobatch import InfoBatchStrategy
 from kakurenbo_hf.strategies.iswr import ISWRStrategy

@@ -35,8 +35,8 @@ from transformers import (
 from transformers.trainer_pt_utils import LabelSmoother
 
 from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
-from kakurenbo_hf.config import KakurenboArguments
-from kakurenbo_hf.engine import HidingEngine
+from kakurenbo_hf.core.config import KakurenboArguments
+from kakurenbo_hf.core.engine import HidingEngine
 from kakurenbo_hf.strategies.base import HidingDecision, HidingStrategy, register_strategy
 from kakurenbo_hf.tasks import (
     CausalLMStatistics,
@@ -45,7 +45,7 @@ from kakurenbo_hf.tasks import (
     SegmentationStatistics,
     detect_statistics,
 )
-from kakurenbo_hf.weighting import (
+from kakurenbo_hf.tasks.weighting import (
     DeviceWeights,
     loss_form,
     normalisation_matches,

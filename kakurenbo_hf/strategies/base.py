@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..stats import SampleStats
+from ..core.stats import SampleStats
 
 _REGISTRY: dict[str, type[HidingStrategy]] = {}
 

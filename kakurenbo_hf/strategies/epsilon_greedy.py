@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..stats import SampleStats
+from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
-from .selection import epoch_generator, knob, lowest_seen_mask
+from .shared import epoch_generator, knob, lowest_seen_mask
 
 _STREAM = 0x45475245  # "EGRE"
 

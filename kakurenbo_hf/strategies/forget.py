@@ -43,9 +43,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..stats import SampleStats
+from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
-from .selection import knob, occurrences
+from .shared import knob, occurrences
 
 _STREAM = 0x464F5247  # "FORG"
 NEVER_LEARNED = np.float32(np.finfo(np.float32).max)  # above any count, below "unseen" (+inf)

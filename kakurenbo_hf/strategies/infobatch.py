@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..stats import SampleStats
+from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, register_strategy
-from .selection import epoch_generator, knob
+from .shared import epoch_generator, knob
 
 _STREAM = 0x494E464F  # "INFO": apart from the sampler's and the other strategies' streams
 

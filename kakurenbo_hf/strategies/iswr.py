@@ -40,9 +40,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..stats import SampleStats
+from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
-from .selection import epoch_generator, knob
+from .shared import epoch_generator, knob
 
 _STREAM = 0x49535752  # "ISWR": apart from the sampler's and the other strategies' streams
 

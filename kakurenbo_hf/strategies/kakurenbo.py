@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..sharding import Collective, LocalCollective, Shard, whole_table
-from ..stats import SampleStats
+from ..core.sharding import Collective, LocalCollective, Shard, whole_table
+from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
 
 

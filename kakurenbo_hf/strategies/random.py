@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..stats import SampleStats
+from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
 from .kakurenbo import KakurenboStrategy
-from .selection import epoch_generator, knob
+from .shared import epoch_generator, knob
 
 RANDOM_COUNTS = ("exact", "kakurenbo")
 _STREAM = 0x52414E44  # "RAND"

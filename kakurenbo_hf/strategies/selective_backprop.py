@@ -51,9 +51,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from ..stats import SampleStats
+from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, register_strategy
-from .selection import knob
+from .shared import knob
 
 DEFAULT_BETA = 3.0
 DEFAULT_HISTORY = 1024

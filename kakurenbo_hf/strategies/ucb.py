@@ -41,9 +41,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..stats import SampleStats
+from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
-from .selection import knob, lowest_seen_mask, occurrences
+from .shared import knob, lowest_seen_mask, occurrences
 
 
 @register_strategy("ucb")

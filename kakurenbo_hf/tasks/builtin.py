@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..stats import IGNORE_INDEX, per_sample_statistics
+from ..core.stats import IGNORE_INDEX, per_sample_statistics
 from .kernels import CONFIDENCE_KINDS, dense_sums, finish, log_prob_sums, no_autocast, position_sums
 
 # The ignore index of Hugging Face semantic-segmentation losses (config.semantic_loss_ignore_index).

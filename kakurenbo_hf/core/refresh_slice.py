@@ -1,15 +1,13 @@
-"""The refresh pass: forward-only statistics of the samples hidden in the last epoch.
+"""Which hidden samples the refresh pass forwards, and how the ranks split them.
 
-Hidden samples are not trained, so their statistics go stale. Before the next selection they
-are recomputed with the model in eval mode, under `torch.no_grad()`, at the eval batch size.
+Hidden samples are not trained, so their statistics go stale. Before the next selection, a slice
+of them is recomputed forward-only (the pass itself is `hf/refresh_pass.py`).
 
 Every rank runs the same number of forward passes of the same batch size
 (`plan_refresh_batches`): under FSDP or DeepSpeed ZeRO-3 each forward is a collective, and ranks
 that ran different numbers of them would hang or pair the wrong collectives. Rank r takes every
 P-th hidden sample; a share shorter than the others is padded with samples from the start of the
-list, whose rows are computed but not recorded. The forward goes through the model as the
-training loop holds it (the DDP/FSDP/DeepSpeed wrapper), never through a module stripped of its
-sharding.
+list, whose rows are computed but not recorded.
 
 Which hidden samples are refreshed (`refresh_period`): those whose index plus the epoch is a
 multiple of a period R, a slice rotating with the epoch. R starts at round(1 / refresh_fraction)
@@ -20,18 +18,15 @@ epochs in a row as the largest period used meanwhile is refreshed at least once 
 reads only the hidden set and the epoch (every rank has both), keeps no state, and every rank
 derives the same refresh set from it.
 
-No transformers import: the trainer hands in what the pass needs.
+Pure numpy.
 """
+
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
 
 def refresh_period(num_hidden: int, num_samples: int, refresh_fraction: float, refresh_budget: float) -> int:
@@ -85,52 +80,3 @@ def plan_refresh_batches(indices: np.ndarray, rank: int, num_processes: int, bat
         batch = share[start : start + batch_size]
         batches.append((batch.tolist(), int(max(0, min(num_real - start, batch.size)))))
     return batches
-
-
-def run_refresh(
-    model: torch.nn.Module,
-    dataset,
-    batches: Iterable[tuple[list[int], int]],
-    collate_fn: Callable,
-    forward_inputs: Callable[[dict], dict],
-    statistics: Callable[[object, dict], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    record: Callable[..., None],
-    index_key: str,
-    autocast: Callable[[], AbstractContextManager] | None = None,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> int:
-    """Forward `batches` of `dataset` through `model` in eval mode and record their statistics.
-
-    `forward_inputs(batch)` moves a collated batch to the device (the Trainer's `_prepare_inputs`),
-    `statistics(outputs, batch)` returns per-sample (loss, confidence, correct), `record(indices,
-    loss, confidence, correct)` stores them. Restores the model's training mode. Returns the
-    number of samples recorded.
-    """
-    batches = list(batches)
-    real = [num_real for _, num_real in batches]
-    loader = DataLoader(
-        dataset,
-        batch_sampler=[batch for batch, _ in batches],
-        collate_fn=collate_fn,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        generator=torch.Generator(),  # leaves the global RNG alone
-    )
-    was_training = model.training
-    model.eval()
-    recorded = 0
-    try:
-        with torch.no_grad():
-            for batch, num_real in zip(loader, real):
-                sample_indices = batch.pop(index_key)
-                batch = forward_inputs(batch)
-                with autocast() if autocast is not None else nullcontext():
-                    outputs = model(**batch)
-                loss, confidence, correct = statistics(outputs, batch)
-                if num_real:
-                    record(sample_indices[:num_real], loss[:num_real], confidence[:num_real], correct[:num_real])
-                    recorded += num_real
-    finally:
-        model.train(was_training)
-    return recorded

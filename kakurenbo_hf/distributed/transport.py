@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .sharding import Shard, owners, shard_block
+from ..core.sharding import Shard, owners, shard_block
 
 # Bytes this process sent and received through the functions below (for benchmarks/scale.py).
 TRAFFIC = {"sent": 0, "received": 0}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..indexing import SAMPLE_INDEX_KEY
+from .indexing import SAMPLE_INDEX_KEY
 from ..strategies.selective_backprop import take_rows
 
 

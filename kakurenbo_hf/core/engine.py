@@ -28,12 +28,12 @@ import numpy as np
 
 from .bitmask import count_bits, positions
 from .config import KakurenboArguments
-from .refresh import refresh_period
+from .refresh_slice import refresh_period
 from .schedule import lr_factor, target_hiding_fraction
 from .sharding import Collective, LocalCollective, Shard, whole_table
 from .stats import SampleStats
-from .strategies import HidingDecision, build_strategy
-from .strategies.base import num_candidates
+from ..strategies import HidingDecision, build_strategy
+from ..strategies.base import num_candidates
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .stats import SampleStats
+from ..core.stats import SampleStats
 
 DEFAULT_ROUND_BYTES = 16 * 2**20
 

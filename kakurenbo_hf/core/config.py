@@ -232,7 +232,7 @@ class KakurenboArguments:
 
     def validate_hiding_arguments(self) -> None:
         """Raise `ValueError` for any field outside its allowed range."""
-        from .strategies import available_strategies
+        from ..strategies import available_strategies
 
         if not 0.0 <= self.hiding_fraction <= MAX_HIDING_FRACTION:
             raise ValueError(
@@ -272,7 +272,7 @@ class KakurenboArguments:
             raise ValueError(
                 f"hiding_strategy must be one of {available_strategies()}, got {self.hiding_strategy!r}"
             )
-        from .strategies.base import strategy_class
+        from ..strategies.base import strategy_class
 
         strategy_class(self.hiding_strategy).validate_arguments(self)
 

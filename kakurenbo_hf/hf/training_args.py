@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
-from .config import KakurenboArguments
+from ..core.config import KakurenboArguments
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import KakurenboArguments
+from ..core.config import KakurenboArguments
 from .kakurenbo import lowest_loss_mask
 
 

@@ -25,8 +25,8 @@ import zlib
 import numpy as np
 from safetensors.numpy import save_file
 
-from .sharding import Shard, shard_of
-from .stats import SampleStats
+from ..core.sharding import Shard, shard_of
+from ..core.stats import SampleStats
 
 HIDING_STATE_NAME = "kakurenbo_state.safetensors"
 _READ_CHUNK = 1 << 22  # rows per read of a table array

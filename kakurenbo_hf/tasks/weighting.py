@@ -37,8 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .stats import IGNORE_INDEX
-from .tasks import TaskStatistics
+from ..core.stats import IGNORE_INDEX
+from .builtin import TaskStatistics
 
 # Tasks whose model loss is a plain (optionally label-smoothed) cross-entropy this module reproduces.
 WEIGHTED_TASKS = ("single_label_classification", "causal_lm", "seq2seq_lm", "masked_lm", "token_classification")

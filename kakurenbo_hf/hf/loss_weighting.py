@@ -14,7 +14,7 @@ import torch
 from ..strategies.base import strategy_class
 from ..tasks import AutoStatistics, TaskStatistics, detect_statistics
 from ..tasks.builtin import fused_log_probs, output_field
-from ..weighting import DeviceWeights, loss_form, normalisation_matches, per_sample_loss_sums, weighted_loss
+from ..tasks.weighting import DeviceWeights, loss_form, normalisation_matches, per_sample_loss_sums, weighted_loss
 
 
 class LossWeightingMixin:

@@ -42,23 +42,26 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.utils import logging
 
-from .checkpoint import (HIDING_STATE_NAME, load_hiding_state, load_rank_state, save_hiding_state, save_rank_state,
+from ..distributed.checkpoint import (HIDING_STATE_NAME, load_hiding_state, load_rank_state, save_hiding_state, save_rank_state,
                          save_table_shard)
 from .compat import load_with_key_conversion
-from .config import KakurenboArguments
-from .distributed import MainProcessTransport, ShardedTransport, TorchCollective, broadcast_decision
-from .engine import EpochPlan, HidingEngine
+from ..core.config import KakurenboArguments
+from ..distributed.transport import MainProcessTransport, ShardedTransport, TorchCollective, broadcast_decision
+from ..core.engine import EpochPlan, HidingEngine
 from .indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
-from .recorder import StatsRecorder
-from .refresh import plan_refresh_batches, run_refresh
-from .rng import save_snapshot
-from .sampler import HidingSampler
-from .schedule import find_virtual_scheduler, wrap_scheduler
-from .sharding import Shard, shard_of, whole_table
-from .strategies.base import strategy_class
-from .strategies.selective_backprop import take_rows
-from .tasks import auto_statistics
-from .trainer_glue import BatchSelectionMixin, LossWeightingMixin, ResumeMixin, _ResumePoint
+from ..distributed.recorder import StatsRecorder
+from ..core.refresh_slice import plan_refresh_batches
+from .refresh_pass import run_refresh
+from ..distributed.rng import save_snapshot
+from ..core.sampler import HidingSampler
+from ..core.schedule import find_virtual_scheduler, wrap_scheduler
+from ..core.sharding import Shard, shard_of, whole_table
+from ..strategies.base import strategy_class
+from ..strategies.selective_backprop import take_rows
+from ..tasks import auto_statistics
+from .batch_selection import BatchSelectionMixin
+from .loss_weighting import LossWeightingMixin
+from .resume import ResumeMixin, _ResumePoint
 
 logger = logging.get_logger(__name__)
 

@@ -10,9 +10,9 @@ import math
 
 from transformers.utils import logging
 
-from ..checkpoint import HIDING_STATE_NAME
-from ..engine import EpochPlan
-from ..rng import load_snapshot, restore, snapshot
+from ..distributed.checkpoint import HIDING_STATE_NAME
+from ..core.engine import EpochPlan
+from ..distributed.rng import load_snapshot, restore, snapshot
 
 logger = logging.get_logger(__name__)
 
