@@ -41,7 +41,7 @@ import time
 
 import numpy as np
 
-from . import common
+from . import builders, flags, formatting, report, timing, trainers
 
 GOAL_TIME_SAVING = 0.20  # >= 20% less train time ...
 GOAL_ACCURACY_LOSS_PT = 0.5  # ... at <= 0.5 points of final top-1 lost
@@ -53,10 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--methods", nargs="+", default=["baseline", "kakurenbo", "random:random_count=kakurenbo"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=None, help=common.THREADS_HELP)
-    parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "compare.json"))
+    parser.add_argument("--threads", type=int, default=None, help=timing.THREADS_HELP)
+    parser.add_argument("--output", default=os.path.join(report.RESULTS_DIR, "compare.json"))
     parser.add_argument("--no-plots", action="store_true")
-    common.add_workload_arguments(parser)
+    flags.add_workload_arguments(parser)
     return parser
 
 
@@ -65,7 +65,7 @@ def data_loading_seconds(train_dataset, batch_size: int) -> float:
     import torch
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(train_dataset, batch_size=batch_size, shuffle=True, collate_fn=common.collate,
+    loader = DataLoader(train_dataset, batch_size=batch_size, shuffle=True, collate_fn=builders.collate,
                         generator=torch.Generator().manual_seed(0))
     started = time.perf_counter()
     for _ in loader:
@@ -73,19 +73,20 @@ def data_loading_seconds(train_dataset, batch_size: int) -> float:
     return time.perf_counter() - started
 
 
-def run_one(method: str, seed: int, w: common.Workload, train_dataset, test_dataset) -> dict:
-    base, overrides = common.parse_method(method)
-    model = common.build_model(w, seed)
-    timer = common.EpochTimer()
-    out_dir = common.tempdir("kakurenbo_compare_")
-    trainer = common.make_trainer(method, w, model, train_dataset, test_dataset, seed, out_dir, callbacks=[timer.callback])
+def run_one(method: str, seed: int, w: flags.Workload, train_dataset, test_dataset) -> dict:
+    base, overrides = trainers.parse_method(method)
+    model = builders.build_model(w, seed)
+    timer = timing.EpochTimer()
+    out_dir = trainers.tempdir("kakurenbo_compare_")
+    trainer = trainers.make_trainer(method, w, model, train_dataset, test_dataset, seed, out_dir,
+                                    callbacks=[timer.callback])
     started, started_cpu = time.perf_counter(), time.process_time()
     result = trainer.train()
     total, total_cpu = time.perf_counter() - started, time.process_time() - started_cpu
     epochs = timer.per_epoch()
-    hiding = common.hiding_log(trainer)
+    hiding = trainers.hiding_log(trainer)
     refresh_hidden = overrides.get("refresh_hidden", True) and base != "baseline"
-    counts = common.sample_counts(len(train_dataset), w.epochs, hiding, refresh_hidden)
+    counts = trainers.sample_counts(len(train_dataset), w.epochs, hiding, refresh_hidden)
     accuracies = [e["accuracy"] for e in epochs if e.get("accuracy") is not None]
     record = {
         "method": method,
@@ -144,7 +145,7 @@ def summarize(runs: list[dict], methods: list[str], seeds: list[int]) -> dict:
 
 
 def tables(summary: dict, methods: list[str]) -> str:
-    f = common.fmt_mean_std
+    f = formatting.fmt_mean_std
     headers = ["method", "train s (wall)", "train CPU s", "train+eval s", "opt. steps", "trained samples", "refresh fwd samples",
                "final top-1 %", "best top-1 %"]
     rows = []
@@ -154,7 +155,7 @@ def tables(summary: dict, methods: list[str]) -> str:
                      f(e["train_plus_eval_seconds"], digits=1),
                      f(e["optimizer_steps"], digits=0), f(e["trained_samples"], digits=0),
                      f(e["refresh_samples"], digits=0), f(e["final_accuracy"], 100, 2), f(e["best_accuracy"], 100, 2)])
-    absolute = common.markdown_table(headers, rows)
+    absolute = formatting.markdown_table(headers, rows)
     headers = ["method", "train time ratio (wall)", "train CPU-time ratio", "train+eval ratio", "steps ratio", "forwards ratio (train+refresh)",
                "Δ final top-1 (pt)", "Δ best top-1 (pt)", "≥20% faster at ≤0.5 pt loss?"]
     rows = []
@@ -165,7 +166,7 @@ def tables(summary: dict, methods: list[str]) -> str:
         rows.append([m, f(e["train_time_ratio"]), f(e["train_cpu_ratio"]), f(e["total_time_ratio"]), f(e["steps_ratio"]),
                      f(e["forward_ratio"]), f(e["final_accuracy_delta_pt"], digits=2),
                      f(e["best_accuracy_delta_pt"], digits=2), "YES" if e.get("goal_met") else "no"])
-    ratios = common.markdown_table(headers, rows) if rows else ""
+    ratios = formatting.markdown_table(headers, rows) if rows else ""
     hid_rows = []
     for m in methods:
         e = summary[m]
@@ -175,7 +176,7 @@ def tables(summary: dict, methods: list[str]) -> str:
     hiding = ""
     if hid_rows:
         n = len(hid_rows[0]) - 1
-        hiding = common.markdown_table(["fraction (mean over seeds)"] + [f"ep {i}" for i in range(n)], hid_rows)
+        hiding = formatting.markdown_table(["fraction (mean over seeds)"] + [f"ep {i}" for i in range(n)], hid_rows)
     return "\n\n".join(t for t in (absolute, ratios, hiding) if t)
 
 
@@ -236,15 +237,15 @@ def plot(runs: list[dict], methods: list[str], stem: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    common.set_threads(args.threads)
+    timing.set_threads(args.threads)
     for m in args.methods:
-        common.parse_method(m)  # fail early on a bad spec
+        trainers.parse_method(m)  # fail early on a bad spec
     if "baseline" not in args.methods:
         args.methods = ["baseline"] + args.methods
-    w = common.workload_from_args(args)
-    record = {"benchmark": "compare", "command": common.command_line("benchmarks.compare", argv),
-              "machine": common.machine_info(), "workload": vars(args).copy()}
-    train_dataset, test_dataset = common.prepare_data(w)
+    w = flags.workload_from_args(args)
+    record = {"benchmark": "compare", "command": report.command_line("benchmarks.compare", argv),
+              "machine": report.machine_info(), "workload": vars(args).copy()}
+    train_dataset, test_dataset = builders.prepare_data(w)
     record["data"] = {"train_samples": len(train_dataset), "test_samples": len(test_dataset),
                       "prepare_seconds": w.extra["data_prepare_seconds"],
                       "dataloader_pass_seconds": data_loading_seconds(train_dataset, w.batch_size)}
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     if not args.no_plots:
         record["plots"] = plot(runs, args.methods, stem)
-    common.write_json(args.output, record)
+    report.write_json(args.output, record)
     with open(stem + ".md", "w") as f:
         f.write(f"# compare\n\nCommand: `{record['command']}`\n\nMachine: {record['machine']['cpu']}, "
                 f"{record['machine']['cpu_count']} CPUs, torch {record['machine']['torch']}, transformers "

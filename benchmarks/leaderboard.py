@@ -70,7 +70,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import common, workloads
+from . import flags, formatting, report, timing, trainers, workloads
 from .compare import GOAL_ACCURACY_LOSS_PT, GOAL_TIME_SAVING
 
 PLAIN = "plain"
@@ -83,7 +83,7 @@ TTA_MARGIN_PT = 0.5  # time to reach plain's final top-1 minus this many points
 @dataclass(frozen=True)
 class Method:
     label: str  # the name in tables and plots
-    spec: str  # what `common.parse_method` reads
+    spec: str  # what `trainers.parse_method` reads
     base: str  # "baseline" (the plain Trainer) or a strategy name
     overrides: dict
 
@@ -100,7 +100,7 @@ def parse_methods(specs: list[str]) -> list[Method]:
     for text in specs:
         head = text.split(":", 1)[0]
         label, spec = text.split("=", 1) if "=" in head else (text, text)
-        base, overrides = common.parse_method(spec)
+        base, overrides = trainers.parse_method(spec)
         methods.append(Method(PLAIN if base == "baseline" else label, spec, base, overrides))
     if not any(m.base == "baseline" for m in methods):
         methods.insert(0, Method(PLAIN, PLAIN, "baseline", {}))
@@ -126,7 +126,7 @@ def sample_counts(trainer, num_samples: int, epochs: int, hiding: list[dict], me
         return {"forwarded": int(counters["forwarded"]), "backpropagated": int(counters["backpropagated"]),
                 "refresh_forwarded": int(counters.get("refresh_forwarded", 0)), "counts_from": "sample_counters"}
     refresh = method.base != "baseline" and method.overrides.get("refresh_hidden", True)
-    logged = common.sample_counts(num_samples, epochs, hiding, refresh)
+    logged = trainers.sample_counts(num_samples, epochs, hiding, refresh)
     return {"forwarded": logged["trained_samples"], "backpropagated": logged["trained_samples"],
             "refresh_forwarded": logged["refresh_samples"], "counts_from": "logs"}
 
@@ -136,10 +136,10 @@ def run_one(method: Method, seed: int, wl: workloads.Prepared) -> dict:
     from transformers.trainer_callback import PrinterCallback
 
     model = wl.model(seed)
-    timer = common.EpochTimer()
-    out_dir = common.tempdir("kakurenbo_leaderboard_")
-    trainer = common.make_trainer(method.spec, wl.settings, model, wl.train, wl.test, seed, out_dir,
-                                  callbacks=[timer.callback], data_collator=wl.collate, use_cpu=not _cuda())
+    timer = timing.EpochTimer()
+    out_dir = trainers.tempdir("kakurenbo_leaderboard_")
+    trainer = trainers.make_trainer(method.spec, wl.settings, model, wl.train, wl.test, seed, out_dir,
+                                    callbacks=[timer.callback], data_collator=wl.collate, use_cpu=not _cuda())
     trainer.remove_callback(PrinterCallback)  # one line per run, printed below
     started, started_cpu = time.perf_counter(), time.process_time()
     try:
@@ -149,7 +149,7 @@ def run_one(method: Method, seed: int, wl: workloads.Prepared) -> dict:
     total, total_cpu = time.perf_counter() - started, time.process_time() - started_cpu
     epochs = [{k: e.get(k) for k in ("epoch", "train_seconds_cumulative", "accuracy", "eval_loss")}
               for e in timer.per_epoch()]
-    hiding = common.hiding_log(trainer)
+    hiding = trainers.hiding_log(trainer)
     record = {
         "workload": wl.name,
         "method": method.label,
@@ -245,7 +245,7 @@ def _kilo(values) -> str:
 
 def _pm(values, **kwargs) -> str:
     """'mean ± std' of `values` ('-' for none)."""
-    return common.fmt_mean_std(values, minmax=False, **kwargs) if values else "-"
+    return formatting.fmt_mean_std(values, minmax=False, **kwargs) if values else "-"
 
 
 def tables(summary: dict, methods: list[Method]) -> str:
@@ -273,7 +273,7 @@ def tables(summary: dict, methods: list[Method]) -> str:
                 "-" if plain else ("yes" if e["saves_20pct"] else "no"),
                 "-" if plain else ("yes" if e["within_half_pt"] else "no"),
             ])
-    board = common.markdown_table(headers, rows)
+    board = formatting.markdown_table(headers, rows)
     overall = []
     for m in methods:
         if m.label == PLAIN:
@@ -285,7 +285,7 @@ def tables(summary: dict, methods: list[Method]) -> str:
                         f"{np.mean([np.mean(e['time_ratio']) for e in es]):.3f}",
                         f"{np.mean([e['accuracy_delta_pt_mean'] for e in es]):+.2f}",
                         f"{sum(e['tta_reached'] == len(e['seeds']) for e in es)}/{len(es)}"])
-    overall_table = common.markdown_table(
+    overall_table = formatting.markdown_table(
         ["method", "workloads with both verdicts yes", "mean time ratio", "mean Δ top-1 (pt)",
          "workloads where every seed reaches the target"], overall) if overall else ""
     return "\n\n".join(t for t in (board, overall_table) if t)
@@ -369,18 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=None,
                         help="[LABEL=]method[:field=value,...] (default: plain + every registered strategy)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=None, help=common.THREADS_HELP)
+    parser.add_argument("--threads", type=int, default=None, help=timing.THREADS_HELP)
     parser.add_argument("--cache-dir", default=None, help="datasets cache of the fractal images (default: datasets')")
     parser.add_argument("--checkpoint-dir", default=None,
                         help="where deit_transfer's pre-trained models are saved and reused (keyed by their settings "
                              "and seed); default: a temporary folder, removed at the end")
-    parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "leaderboard.json"))
+    parser.add_argument("--output", default=os.path.join(report.RESULTS_DIR, "leaderboard.json"))
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--fail-fast", action="store_true",
                         help="stop at the first failing run (default: report it, leave it out, go on)")
     for name, settings in workloads.SETTINGS.items():
-        common.add_dataclass_arguments(parser, settings(), prefix=name + "_", title=f"{name} workload",
-                                       skip=workloads.SKIP.get(name, ()), choices=workloads.CHOICES.get(name))
+        flags.add_dataclass_arguments(parser, settings(), prefix=name + "_", title=f"{name} workload",
+                                      skip=workloads.SKIP.get(name, ()), choices=workloads.CHOICES.get(name))
     return parser
 
 
@@ -392,7 +392,7 @@ def run_all(args, methods: list[Method], checkpoint_dir: str):
     for i, seed in enumerate(args.seeds):
         for name in args.workloads:
             if name not in prepared:  # data built once, outside every timed region
-                settings = common.dataclass_from_args(workloads.SETTINGS[name], args, prefix=name + "_")
+                settings = flags.dataclass_from_args(workloads.SETTINGS[name], args, prefix=name + "_")
                 prepared[name] = workloads.build(name, settings, args.cache_dir, checkpoint_dir)
             shift = i % len(methods)
             for method in methods[shift:] + methods[:shift]:
@@ -418,11 +418,11 @@ def run_all(args, methods: list[Method], checkpoint_dir: str):
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    threads = common.set_threads(args.threads)
+    threads = timing.set_threads(args.threads)
     methods = parse_methods(args.methods or default_methods())
-    command = common.command_line("benchmarks.leaderboard", argv)
-    checkpoint_dir = args.checkpoint_dir or common.tempdir("kakurenbo_leaderboard_deit_")
-    record = {"benchmark": "leaderboard", "command": command, "machine": common.machine_info(),
+    command = report.command_line("benchmarks.leaderboard", argv)
+    checkpoint_dir = args.checkpoint_dir or trainers.tempdir("kakurenbo_leaderboard_deit_")
+    record = {"benchmark": "leaderboard", "command": command, "machine": report.machine_info(),
               "seeds": args.seeds, "methods": [asdict(m) for m in methods], "workloads": {}}
     try:
         runs, failures, prepared = run_all(args, methods, checkpoint_dir)
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     if not args.no_plots:
         record["plots"] = plot(runs, summary, methods, stem)
-    common.publish(args.output, record, markdown)
+    report.publish(args.output, record, markdown)
     with open(stem + ".md", "w") as f:
         f.write(f"# Leaderboard\n\n{markdown}\n")
     return record

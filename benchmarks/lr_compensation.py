@@ -17,7 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .common import command_line, machine_info, markdown_table, mean_std, publish, set_threads, tempdir, RESULTS_DIR
+from .formatting import markdown_table, mean_std
+from .report import RESULTS_DIR, command_line, machine_info, publish
+from .timing import set_threads
+from .trainers import tempdir
 
 
 class MLP(nn.Module):

@@ -13,7 +13,7 @@ Two estimates, after one short KakurenboTrainer run on the reference workload (n
 - logged: `kakurenbo/refresh_seconds` summed over epochs / samples refreshed (the hidden
   samples of the previous epochs), over training seconds per trained sample
   ((train_runtime - refresh seconds) / samples forwarded+backwarded).
-- direct: `trainer._refresh(model, all N indices)` timed `--repeats` times right after training
+- direct: `trainer.hiding_controller.refresh(model, all N indices)` timed `--repeats` times right after training
   (median), over the same training seconds per sample.
 
 The refresh batch size is the eval batch size (`--eval-batch-size`, default 256).
@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from . import common
+from . import builders, flags, formatting, report, timing, trainers
 
 TARGET_RATIO = 0.4
 
@@ -50,27 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default="kakurenbo", help="a compare-style method spec (default: kakurenbo)")
     parser.add_argument("--repeats", type=int, default=3, help="timed direct refresh passes over all N samples")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help=common.THREADS_HELP)
-    parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "refresh.json"))
-    common.add_workload_arguments(parser, epochs=4)
+    parser.add_argument("--threads", type=int, default=None, help=timing.THREADS_HELP)
+    parser.add_argument("--output", default=os.path.join(report.RESULTS_DIR, "refresh.json"))
+    flags.add_workload_arguments(parser, epochs=4)
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    common.set_threads(args.threads)
-    w = common.workload_from_args(args)
-    record = {"benchmark": "refresh", "command": common.command_line("benchmarks.refresh", argv),
-              "machine": common.machine_info(), "workload": vars(args).copy(), "target_ratio": TARGET_RATIO}
-    train_dataset, _ = common.prepare_data(w)
+    timing.set_threads(args.threads)
+    w = flags.workload_from_args(args)
+    record = {"benchmark": "refresh", "command": report.command_line("benchmarks.refresh", argv),
+              "machine": report.machine_info(), "workload": vars(args).copy(), "target_ratio": TARGET_RATIO}
+    train_dataset, _ = builders.prepare_data(w)
     n = len(train_dataset)
-    model = common.build_model(w, args.seed)
-    out_dir = common.tempdir("kakurenbo_refresh_")
-    trainer = common.make_trainer(args.method, w, model, train_dataset, None, args.seed, out_dir, evaluate=False)
+    model = builders.build_model(w, args.seed)
+    out_dir = trainers.tempdir("kakurenbo_refresh_")
+    trainer = trainers.make_trainer(args.method, w, model, train_dataset, None, args.seed, out_dir, evaluate=False)
     result = trainer.train()
-    hiding = common.hiding_log(trainer)
-    _, overrides = common.parse_method(args.method)
-    counts = common.sample_counts(n, w.epochs, hiding, overrides.get("refresh_hidden", True))
+    hiding = trainers.hiding_log(trainer)
+    _, overrides = trainers.parse_method(args.method)
+    counts = trainers.sample_counts(n, w.epochs, hiding, overrides.get("refresh_hidden", True))
     refresh_logged = sum(h["refresh_seconds"] for h in hiding)
     train_seconds = result.metrics["train_runtime"] - refresh_logged
     train_per_sample = train_seconds / counts["trained_samples"]
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     direct = []
     for _ in range(args.repeats):
         started = time.perf_counter()
-        trainer._refresh(trainer.model, indices)
+        trainer.hiding_controller.refresh(trainer.model, indices)
         direct.append(time.perf_counter() - started)
     shutil.rmtree(out_dir, ignore_errors=True)
 
@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
         ["refresh, logged (kakurenbo/refresh_seconds)",
          "n/a" if logged_per_sample is None else f"{logged_per_sample * 1e3:.3f}", counts["refresh_samples"],
          f"{refresh_logged:.2f}", "n/a" if ratio_logged is None else f"{ratio_logged:.3f}", w.eval_batch_size],
-        [f"refresh, direct _refresh over all N (median of {args.repeats})", f"{direct_per_sample * 1e3:.3f}", n,
+        [f"refresh, direct pass over all N (median of {args.repeats})", f"{direct_per_sample * 1e3:.3f}", n,
          f"{statistics.median(direct):.2f}", f"{ratio_direct:.3f}", w.eval_batch_size],
     ]
-    md = common.markdown_table(["pass", "ms / sample", "samples", "seconds", "ratio to training", "batch"], rows)
+    md = formatting.markdown_table(["pass", "ms / sample", "samples", "seconds", "ratio to training", "batch"], rows)
     md += (f"\n\nRefresh / training-step cost per sample: direct {ratio_direct:.3f}"
            + ("" if ratio_logged is None else f", logged {ratio_logged:.3f}")
            + f" -> target <= {TARGET_RATIO}: **{verdict}** (direct estimate; not asserted).\n"
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
                   refresh_logged_seconds_per_sample=logged_per_sample, refresh_direct_seconds=direct,
                   refresh_direct_seconds_per_sample=direct_per_sample, ratio_direct=ratio_direct,
                   ratio_logged=ratio_logged, verdict=verdict, markdown=md)
-    common.publish(args.output, record, md)
+    report.publish(args.output, record, md)
     return record
 
 

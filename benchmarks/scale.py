@@ -2,7 +2,7 @@
 
 The end-to-end job of issue 11: N samples of 8 features (a separable 2-class problem), a linear
 model, batch 4096 per rank, 3 epochs, hiding_fraction 0.3 (no decay), P processes, KAKURENBO (a sharded
-table: see `kakurenbo_hf/sharding.py`). For each N the
+table: see `kakurenbo_hf/core/sharding.py`). For each N the
 plain `Trainer` and `KakurenboTrainer` run the same job in fresh launches; each rank reports its
 peak resident memory (VmHWM), the time between the last step of epoch 1 (the first hiding epoch)
 and the first step of epoch 2 (refresh, statistics, selection, order: the epoch boundary), and the
@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from . import common
+from . import formatting, report
 
 
 def _free_port() -> int:
@@ -51,7 +51,6 @@ def worker(options) -> None:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
-    from kakurenbo_hf.distributed.transport import TRAFFIC
 
     torch.set_num_threads(1)
     n = options.num_samples
@@ -120,9 +119,11 @@ def worker(options) -> None:
     trainer.train()
     train_seconds = time.perf_counter() - started
     plans = trainer.hiding_engine.plans if options.trainer != "plain" else []
+    # The bytes of the hiding bookkeeping: what crossed ranks through the run's topology (none for the plain Trainer).
+    traffic = trainer.hiding_controller.topology.traffic if options.trainer != "plain" else {"sent": 0, "received": 0}
     record = dict(rank=trainer.accelerator.process_index, processes=trainer.accelerator.num_processes,
                   trainer=options.trainer, num_samples=n, peak_rss_mib=_peak_rss_mib(), train_seconds=train_seconds,
-                  boundary_seconds=boundary.gaps, bytes_sent=TRAFFIC["sent"], bytes_received=TRAFFIC["received"],
+                  boundary_seconds=boundary.gaps, bytes_sent=traffic["sent"], bytes_received=traffic["received"],
                   hidden=[p.num_hidden for p in plans], refreshed=[p.num_refreshed for p in plans],
                   refresh_seconds=[p.refresh_seconds for p in plans], flush_seconds=[p.flush_seconds for p in plans])
     with open(os.path.join(options.out, f"{options.trainer}_{n}_rank{record['rank']}.json"), "w") as handle:
@@ -291,7 +292,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--refresh-fraction", type=float, default=0.15, help="the library default")
     parser.add_argument("--refresh-budget", type=float, default=0.03, help="the library default")
-    parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "scale.json"))
+    parser.add_argument("--output", default=os.path.join(report.RESULTS_DIR, "scale.json"))
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--trainer", default="kakurenbo")
     parser.add_argument("--num-samples", type=int, default=0)
@@ -317,7 +318,7 @@ def main(argv=None) -> dict:
                          f"{k['bytes_sent'] / 3:,.0f}", f"{k['bytes_received'] / 3:,.0f}",
                          f"{extra_mib:.1f}", f"{extra_mib / millions:.1f}", f"{gap:.3f}", f"{plain_gap:.3f}",
                          f"{(gap - plain_gap) / millions:.3f}"])
-    markdown = common.markdown_table(
+    markdown = formatting.markdown_table(
         ["N", "rank", "hidden in epoch 1", "bytes sent / epoch", "bytes received / epoch", "extra peak MiB",
          "extra MiB per 1M", "boundary after a hiding epoch (s)", "plain Trainer's (s)", "extra s per 1M"], rows)
     rates = measure_rates(int(options.rates_n))
@@ -334,16 +335,16 @@ def main(argv=None) -> dict:
         f"{rates['order_samples_per_second'] / 1e6:.1f} M samples/s (the plain Trainer's randperm + list: "
         f"{rates['plain_order_samples_per_second'] / 1e6:.1f} M samples/s; selection + order of N = {rates['n']:,}: "
         f"{rates['select_seconds'] + rates['order_seconds']:.2f} s).\n\n"
-        + common.markdown_table(
+        + formatting.markdown_table(
             ["model at", "layout", "sent per rank / epoch", "received by the table rank / epoch",
              "extra memory, table rank", "extra memory, other ranks", "boundary work (100 Gb/s)"],
             [[f"N = {n_model:.0e}, P = {p_model}", m["layout"], f"{m['bytes_sent_per_rank'] / 1e6:.0f} MB",
               f"{m['bytes_received_per_rank'] / 1e6:.0f} MB", f"{m['memory_table_rank'] / 1e6:.0f} MB",
               f"{m['memory_other'] / 1e6:.0f} MB", f"{m['boundary_seconds']:.2f} s"] for m in models])
     )
-    record = dict(machine=common.machine_info(), command=common.command_line("benchmarks.scale", argv),
+    record = dict(machine=report.machine_info(), command=report.command_line("benchmarks.scale", argv),
                   processes=options.processes, results=results, rates=rates, model=model, models=models)
-    return common.publish(options.output, record, markdown)
+    return report.publish(options.output, record, markdown)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import tracemalloc
 
 import numpy as np
 
-from . import common
+from . import formatting, report
 
 TARGET_SECONDS_AT_1E7 = 1.0
 TARGET_SECONDS_AT_1E8, TARGET_BYTES_PER_SAMPLE_AT_1E8 = 3.0, 8.0
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loop-repeats", type=int, default=1, help="timed repeats of the Python loop")
     parser.add_argument("--max-loop-n", type=float, default=1e7, help="largest N for the Python loop; above: extrapolated")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "selection.json"))
+    parser.add_argument("--output", default=os.path.join(report.RESULTS_DIR, "selection.json"))
     return parser
 
 
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     from kakurenbo_hf import HidingSampler
     from kakurenbo_hf.strategies.kakurenbo import KakurenboStrategy
 
-    record = {"benchmark": "selection", "command": common.command_line("benchmarks.selection", argv),
-              "machine": common.machine_info(), "settings": vars(args).copy(), "results": []}
+    record = {"benchmark": "selection", "command": report.command_line("benchmarks.selection", argv),
+              "machine": report.machine_info(), "settings": vars(args).copy(), "results": []}
     measured_loop: list[tuple[int, float]] = []
     for size in args.sizes:
         n = int(size)
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{r['selection_peak_extra_bytes_per_sample']:.1f}",
                      "n/a" if loop_mem is None else f"{loop_mem:.1f}",
                      f"{r['lazy_order_seconds_spread_over_epoch']:.3f}", f"{r['previous_release_boundary_order_seconds']:.3f}"])
-    md = common.markdown_table(
+    md = formatting.markdown_table(
         ["N", "hidden", "kakurenbo_hf s (best)", "median s", "Python loop s", "speed-up", "state B/sample",
          "resident B/sample in epoch", "peak extra B/sample", "loop peak extra B/sample",
          "order computed during the epoch s", "materialised order (previous release) s"], rows)
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
         md += (f"\n\nN=1e8: {r['kakurenbo_seconds_best']:.3f} s (target <= {TARGET_SECONDS_AT_1E8} s: **{verdict[0]}**), "
                f"state {r['state_bytes_per_sample']:.2f} B/sample (target <= {TARGET_BYTES_PER_SAMPLE_AT_1E8}: "
                f"**{verdict[1]}**).")
-    common.publish(args.output, record, md)
+    report.publish(args.output, record, md)
     return record
 
 

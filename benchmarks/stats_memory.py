@@ -34,7 +34,7 @@ import statistics
 import sys
 import time
 
-from . import common
+from . import formatting, report, timing
 
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 GOAL_MEMORY_FRACTION = 0.10
@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lm-layers", type=int, default=4)
     parser.add_argument("--lm-heads", type=int, default=8)
     parser.add_argument("--step-repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help=common.THREADS_HELP)
-    parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "stats_memory.json"))
+    parser.add_argument("--threads", type=int, default=None, help=timing.THREADS_HELP)
+    parser.add_argument("--output", default=os.path.join(report.RESULTS_DIR, "stats_memory.json"))
     return parser
 
 
@@ -189,7 +189,7 @@ def main(argv=None) -> dict:
     import torch
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    threads = common.set_threads(args.threads)
+    threads = timing.set_threads(args.threads)
     from kakurenbo_hf.tasks import CausalLMStatistics
     from kakurenbo_hf.tasks.kernels import chunk_bytes_for
 
@@ -235,16 +235,16 @@ def main(argv=None) -> dict:
     headers = ["vocab", "logits dtype", "logits MiB", "stats extra peak MiB (of logits)",
                "naive extra peak MiB", "loss fwd+bwd extra peak MiB", "stats ms", "loss fwd+bwd ms",
                "stats / loss time", "LM step s", "stats / step time"]
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else common.machine_info()["cpu"]
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else report.machine_info()["cpu"]
     lm = "" if args.no_step else (f"; LM step: GPT-2 hidden {args.lm_hidden}, {args.lm_layers} layers, "
                                   f"{args.lm_heads} heads, float32, AdamW")
-    markdown = (f"`{common.command_line('benchmarks.stats_memory', argv)}` on {device_name} ({threads} torch "
+    markdown = (f"`{report.command_line('benchmarks.stats_memory', argv)}` on {device_name} ({threads} torch "
                 f"thread(s) on CPU), batch {args.batch}, sequence {args.seq}{lm}; goals: stats extra peak <= "
                 f"{GOAL_MEMORY_FRACTION:.0%} of the logits, stats <= {GOAL_STEP_FRACTION:.0%} of a step\n\n"
-                + common.markdown_table(headers, rows))
-    record = {"command": common.command_line("benchmarks.stats_memory", argv), "machine": common.machine_info(),
+                + formatting.markdown_table(headers, rows))
+    record = {"command": report.command_line("benchmarks.stats_memory", argv), "machine": report.machine_info(),
               "device": str(device), "results": records}
-    return common.publish(args.output, record, markdown)
+    return report.publish(args.output, record, markdown)
 
 
 def _reexec_with_malloc_settings() -> None:

@@ -32,12 +32,13 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from kakurenbo_hf.distributed.topology import Topology
 from kakurenbo_hf.distributed.transport import MainProcessTransport, ShardedTransport
 from kakurenbo_hf.distributed.recorder import StatsRecorder
 from kakurenbo_hf.core.sharding import shard_of
 from kakurenbo_hf.core.stats import SampleStats
 
-from . import common
+from . import report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpu", action="store_true", help="run on CPU (gloo) even where a GPU exists")
     parser.add_argument("--layout", choices=("sharded", "main_process"), default="sharded",
                         help="where the table is: split over the ranks (KAKURENBO) or on the main process")
-    parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "sync.json"))
+    parser.add_argument("--output", default=os.path.join(report.RESULTS_DIR, "sync.json"))
     return parser
 
 
@@ -59,11 +60,12 @@ def main(argv=None) -> dict:
     accelerator = Accelerator(cpu=args.cpu)
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
+    topology = Topology.from_accelerator(accelerator)
 
     sharded = args.layout == "sharded" and world > 1
     transport = None
     if world > 1:
-        transport = ShardedTransport(device, args.num_samples) if sharded else MainProcessTransport(device)
+        transport = ShardedTransport(topology, args.num_samples) if sharded else MainProcessTransport(topology)
     shard = shard_of(args.num_samples, world, rank)
     record_size = StatsRecorder(None, num_samples=args.num_samples).dtype.itemsize
 
@@ -118,7 +120,7 @@ def main(argv=None) -> dict:
                            per_step_gather_epoch_seconds=per_step_gather_seconds * batches,
                            record_us_per_batch=1e6 * record_seconds / batches, update_seconds=update_seconds))
     summary = {key: statistics.median(t[key] for t in trials) for key in trials[0]}
-    record = dict(machine=common.machine_info(), command=common.command_line("benchmarks.sync", argv), processes=world,
+    record = dict(machine=report.machine_info(), command=report.command_line("benchmarks.sync", argv), processes=world,
                   layout=args.layout if world > 1 else "one process",
                   device=str(device), num_samples=args.num_samples, batch_size=args.batch_size,
                   trials=trials, median=summary)
@@ -131,7 +133,7 @@ def main(argv=None) -> dict:
             f"{summary['record_us_per_batch']:.1f} | {summary['update_seconds']:.3f} | "
             f"{summary['per_step_gather_us']:.0f} | {summary['per_step_gather_epoch_seconds']:.3f} |"
         )
-        common.publish(args.output, record, md)
+        report.publish(args.output, record, md)
     accelerator.wait_for_everyone()
     return record
 

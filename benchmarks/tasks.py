@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from . import common
+from . import formatting, report, timing, trainers
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duplicates", type=float, default=0.1, help="lm: repeated blocks (fraction)")
     parser.add_argument("--noise", type=float, default=0.1, help="lm: random-token blocks (fraction)")
     parser.add_argument("--noisy-masks", type=float, default=0.1, help="segmentation: wrong training masks")
-    parser.add_argument("--threads", type=int, default=None, help=common.THREADS_HELP)
+    parser.add_argument("--threads", type=int, default=None, help=timing.THREADS_HELP)
     parser.add_argument("--output", default=None, help="default: benchmarks/results/tasks_<task>.json")
     return parser
 
@@ -165,7 +165,7 @@ def make_trainer(method, workload, model, seed, out_dir, callbacks=()):
 
     from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
 
-    base, overrides = common.parse_method(method)
+    base, overrides = trainers.parse_method(method)
     s = workload.settings
     values = dict(output_dir=out_dir, num_train_epochs=s["epochs"], per_device_train_batch_size=s["batch_size"],
                   per_device_eval_batch_size=64, learning_rate=s["lr"], weight_decay=0.01, warmup_steps=0.05,
@@ -187,13 +187,13 @@ def _cuda() -> bool:
 
 
 def run_one(method, seed, workload) -> dict:
-    out_dir = common.tempdir("kakurenbo_tasks_")
+    out_dir = trainers.tempdir("kakurenbo_tasks_")
     trainer = make_trainer(method, workload, workload.model(seed), seed, out_dir)
     started, started_cpu = time.perf_counter(), time.process_time()
     trainer.train()
     train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     quality = workload.quality(trainer)
-    hiding = common.hiding_log(trainer)
+    hiding = trainers.hiding_log(trainer)
     record = {"method": method, "seed": seed, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
               "optimizer_steps": trainer.state.global_step, "quality": quality, "hiding": hiding,
               "hidden_per_epoch": [int(h["hidden"]) for h in hiding]}
@@ -221,23 +221,23 @@ def summarize(runs, methods, seeds, workload):
                            "hidden_fraction_per_epoch": list(map(float, hidden))}
         rows.append([
             method,
-            common.fmt_mean_std(time_ratio) if method != "baseline" else
-            f"1 ({common.fmt_mean_std([r['train_seconds'] for r in rs], digits=1)} s)",
-            common.fmt_mean_std(cpu_ratio) if method != "baseline" else
-            f"1 ({common.fmt_mean_std([r['train_cpu_seconds'] for r in rs], digits=1)} s)",
-            common.fmt_mean_std(step_ratio) if method != "baseline" else f"1 ({rs[0]['optimizer_steps']} steps)",
-            common.fmt_mean_std([r["quality"] for r in rs]),
-            common.fmt_mean_std(delta) if method != "baseline" else "0",
+            formatting.fmt_mean_std(time_ratio) if method != "baseline" else
+            f"1 ({formatting.fmt_mean_std([r['train_seconds'] for r in rs], digits=1)} s)",
+            formatting.fmt_mean_std(cpu_ratio) if method != "baseline" else
+            f"1 ({formatting.fmt_mean_std([r['train_cpu_seconds'] for r in rs], digits=1)} s)",
+            formatting.fmt_mean_std(step_ratio) if method != "baseline" else f"1 ({rs[0]['optimizer_steps']} steps)",
+            formatting.fmt_mean_std([r["quality"] for r in rs]),
+            formatting.fmt_mean_std(delta) if method != "baseline" else "0",
             " ".join(f"{h:.2f}" for h in hidden) if len(hidden) else "-",
         ])
     headers = ["method", "train time ratio", "train CPU time ratio", "optimizer steps ratio", workload.quality_name,
                f"Δ {workload.quality_name}", "hidden fraction per epoch"]
-    return summary, common.markdown_table(headers, rows)
+    return summary, formatting.markdown_table(headers, rows)
 
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    threads = common.set_threads(args.threads)
+    threads = timing.set_threads(args.threads)
     settings = _settings(args)
     workload = (LanguageModelWorkload if args.task == "lm" else SegmentationWorkload)(settings, args)
     runs = []
@@ -249,13 +249,13 @@ def main(argv=None) -> dict:
                   f"{record['optimizer_steps']} steps, {workload.quality_name} {record['quality']:.4f}, "
                   f"hidden {record['hidden_per_epoch']}", flush=True)
     summary, table = summarize(runs, args.methods, args.seeds, workload)
-    command = common.command_line("benchmarks.tasks", argv)
+    command = report.command_line("benchmarks.tasks", argv)
     markdown = (f"`{command}` ({threads} torch thread(s)): {workload.describe()}. Mean ± std [min–max] over seeds "
                 f"{args.seeds}.\n\n" + table)
-    output = args.output or os.path.join(common.RESULTS_DIR, f"tasks_{args.task}.json")
-    record = {"command": command, "machine": common.machine_info(), "settings": settings, "runs": runs,
+    output = args.output or os.path.join(report.RESULTS_DIR, f"tasks_{args.task}.json")
+    record = {"command": command, "machine": report.machine_info(), "settings": settings, "runs": runs,
               "summary": summary}
-    return common.publish(output, record, markdown)
+    return report.publish(output, record, markdown)
 
 
 if __name__ == "__main__":

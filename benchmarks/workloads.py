@@ -7,7 +7,7 @@ weights. The settings are dataclasses: every field is a command-line flag of
 `python -m benchmarks.leaderboard` (`--<workload>-<field>`, dashes for underscores), so each
 workload scales up by its arguments.
 
-- `vit_fractal`: the reference workload of `benchmarks.compare` (`common.Workload` defaults).
+- `vit_fractal`: the reference workload of `benchmarks.compare` (`flags.Workload` defaults).
 - `deit_transfer`: the paper's transfer setting: a DeiT pre-trained on fractal images with the
   plain Trainer (once per seed, `save_pretrained` to a cache folder, not timed), then fine-tuned
   from that folder (`from_pretrained`, a new classification head) on scikit-learn's digits.
@@ -27,13 +27,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import common
+from . import builders, flags, trainers
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
 @dataclass
-class DeitTransfer(common.Training):
+class DeitTransfer(flags.Training):
     """DeiT pre-trained on fractals, fine-tuned on digits (the fine-tuning is what is timed)."""
 
     pretrain_classes: int = 20
@@ -52,7 +52,7 @@ class DeitTransfer(common.Training):
 
 
 @dataclass
-class Text(common.Training):
+class Text(flags.Training):
     """A small BERT from a config on generated reviews whose label is a majority vote (see `make_reviews`)."""
 
     train_samples: int = 3000
@@ -71,7 +71,7 @@ class Text(common.Training):
 
 
 @dataclass
-class TimmCnn(common.Training):
+class TimmCnn(flags.Training):
     """A timm ResNet with BatchNorm (no pre-trained weights) on fractal images."""
 
     architecture: str = "resnet10t"
@@ -87,8 +87,8 @@ class TimmCnn(common.Training):
     epochs: int = 10
 
 
-SETTINGS = {"vit_fractal": common.Workload, "deit_transfer": DeitTransfer, "text": Text, "timm_cnn": TimmCnn}
-CHOICES = {"vit_fractal": common.WORKLOAD_CHOICES}
+SETTINGS = {"vit_fractal": flags.Workload, "deit_transfer": DeitTransfer, "text": Text, "timm_cnn": TimmCnn}
+CHOICES = {"vit_fractal": flags.WORKLOAD_CHOICES}
 SKIP = {"vit_fractal": ("cache_dir",)}  # the fractal cache is one flag for every workload
 
 
@@ -97,31 +97,31 @@ class Prepared:
     """A built workload: data (in memory), a seeded model builder, the training settings."""
 
     name: str
-    settings: Any  # a `common.Training` (with the workload's sizes): what `common.make_trainer` reads
+    settings: Any  # a `flags.Training` (with the workload's sizes): what `trainers.make_trainer` reads
     train: Any
     test: Any
     model: Callable[[int], Any]  # seed -> a fresh model, identical for every method of that seed
     description: str
-    collate: Callable | None = None  # None: `common.collate` (pixel_values, labels)
+    collate: Callable | None = None  # None: `builders.collate` (pixel_values, labels)
     info: dict = field(default_factory=dict)  # untimed preparation facts for the record (pre-training, ...)
 
 
 def build(name: str, settings, cache_dir: str | None = None, checkpoint_dir: str | None = None) -> Prepared:
     """Build the workload `name` (data now; models on demand)."""
     if name == "deit_transfer":
-        return deit_transfer(settings, cache_dir, checkpoint_dir or common.tempdir("kakurenbo_leaderboard_deit_"))
+        return deit_transfer(settings, cache_dir, checkpoint_dir or trainers.tempdir("kakurenbo_leaderboard_deit_"))
     return {"vit_fractal": vit_fractal, "text": text, "timm_cnn": timm_cnn}[name](settings, cache_dir)
 
 
 # --- the four workloads --------------------------------------------------------------------------
 
 
-def vit_fractal(w: common.Workload, cache_dir=None) -> Prepared:
+def vit_fractal(w: flags.Workload, cache_dir=None) -> Prepared:
     """`benchmarks.compare`'s reference workload: a ViT from scratch on fractal images."""
     w.cache_dir = cache_dir
-    train, test = common.prepare_data(w)
+    train, test = builders.prepare_data(w)
     return Prepared(
-        "vit_fractal", w, train, test, lambda seed: common.build_model(w, seed),
+        "vit_fractal", w, train, test, lambda seed: builders.build_model(w, seed),
         f"{dict(vit='ViT', deit='DeiT')[w.model]} (patch {w.patch_size}, hidden {w.hidden_size}, {w.num_layers} layers) from scratch on "
         f"{w.image_size}x{w.image_size} fractal images ({w.num_classes} classes x {w.instances_per_class} train, "
         f"x {w.test_instances_per_class} test); {w.epochs} epochs, batch {w.batch_size}, AdamW {w.lr:g} {w.lr_scheduler}",
@@ -136,11 +136,11 @@ def deit_transfer(s: DeitTransfer, cache_dir=None, checkpoint_dir=None) -> Prepa
 
     digits = fractal_pretrain.digits_dataset(s.image_size, s.finetune_train_samples, seed=0)
     splits = [
-        common.TensorRows(torch.from_numpy(common._images_to_array(digits[k]["image"], s.image_size)),
-                          torch.tensor(digits[k]["label"], dtype=torch.long))
+        builders.TensorRows(torch.from_numpy(builders.images_to_array(digits[k]["image"], s.image_size)),
+                            torch.tensor(digits[k]["label"], dtype=torch.long))
         for k in ("train", "validation")
     ]
-    pretrain = common.Workload(
+    pretrain = flags.Workload(
         num_classes=s.pretrain_classes, instances_per_class=s.pretrain_per_class,
         test_instances_per_class=s.pretrain_test_per_class, image_size=s.image_size, cache_dir=cache_dir,
         model="deit", patch_size=s.patch_size, hidden_size=s.hidden_size, num_layers=s.num_layers,
@@ -184,15 +184,15 @@ def deit_transfer(s: DeitTransfer, cache_dir=None, checkpoint_dir=None) -> Prepa
     return Prepared("deit_transfer", s, splits[0], splits[1], model, description, info=info)
 
 
-def pretrain_deit(w: common.Workload, seed: int, folder: str) -> dict:
+def pretrain_deit(w: flags.Workload, seed: int, folder: str) -> dict:
     """Pre-train `w`'s DeiT on its fractal data with the plain Trainer; `save_pretrained` to `folder`."""
     import shutil
     import time
 
-    train, test = common.prepare_data(w)
-    out_dir = common.tempdir("kakurenbo_leaderboard_pretrain_")
-    trainer = common.make_trainer("baseline", w, common.build_model(w, seed), train, test, seed, out_dir,
-                                  use_cpu=not _cuda())
+    train, test = builders.prepare_data(w)
+    out_dir = trainers.tempdir("kakurenbo_leaderboard_pretrain_")
+    trainer = trainers.make_trainer("baseline", w, builders.build_model(w, seed), train, test, seed, out_dir,
+                                    use_cpu=not _cuda())
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
@@ -281,7 +281,7 @@ def timm_cnn(s: TimmCnn, cache_dir=None) -> Prepared:
     import torch
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-    train, test = common.prepare_data(common.Workload(
+    train, test = builders.prepare_data(flags.Workload(
         num_classes=s.num_classes, instances_per_class=s.instances_per_class,
         test_instances_per_class=s.test_instances_per_class, image_size=s.image_size, cache_dir=cache_dir))
     channels = [int(c) for c in s.channels.split("/")]

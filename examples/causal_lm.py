@@ -23,7 +23,7 @@ The recipe's arguments select other data and models:
         --model_name_or_path gpt2 --block_size 512 --do_train --do_eval --output_dir out
     python examples/causal_lm.py --train_file train.txt --validation_file val.txt --tokenizer_name gpt2 ...
 
-Every `TrainingArguments` field and the hiding fields of kakurenbo_hf/config.py are accepted
+Every `TrainingArguments` field and the hiding fields of kakurenbo_hf/core/config.py are accepted
 (`--hiding_fraction 0.3 --confidence_threshold 0.7 ...`). Defaults: `DEFAULT_ARGS` (10 epochs, lr
 2e-3, cosine, warm-up 0.05, batch 16, no checkpoints, logging per epoch, seed 42, output
 outputs/causal_lm); every flag you pass overrides them. Neither `--do_train` nor `--do_eval`
@@ -360,10 +360,8 @@ def recording(trainer_cls):
     class Recording(trainer_cls):
         hidden_history: list
 
-        def _plan_epoch(self, model, epoch):
-            plan = super()._plan_epoch(model, epoch)
+        def on_epoch_plan(self, plan):
             self.__dict__.setdefault("hidden_history", []).append(np.flatnonzero(self.hiding_engine.hidden))
-            return plan
 
     return Recording
 

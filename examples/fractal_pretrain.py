@@ -18,7 +18,7 @@ Sizes and data:
 
 `--finetune_data fractal` fine-tunes on a different fractal set (other seed, `--finetune_classes`
 classes); `digits` (default) on sklearn's load_digits. Every TrainingArguments field and hiding
-field (kakurenbo_hf/config.py) applies to both phases; `--num_train_epochs` and `--output_dir` are
+field (kakurenbo_hf/core/config.py) applies to both phases; `--num_train_epochs` and `--output_dir` are
 set per phase (OUTPUT_DIR/pretrain, OUTPUT_DIR/pretrained_model, OUTPUT_DIR/finetune[_scratch]).
 
 Multi-process on CPU:

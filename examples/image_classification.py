@@ -20,7 +20,7 @@ pass neither `--do_train` nor `--do_eval`, both are on; pass one of them to choo
 same way: its keys override the defaults.
 
 Any argument of the HF recipe works, plus every `TrainingArguments` field and the hiding fields of
-`kakurenbo_hf/config.py` (`--hiding_fraction`, `--confidence_threshold`, `--hiding_strategy`, ...):
+`kakurenbo_hf/core/config.py` (`--hiding_fraction`, `--confidence_threshold`, `--hiding_strategy`, ...):
 
     python examples/image_classification.py --train_dir my_images/train --validation_dir my_images/val \
         --output_dir out --num_train_epochs 20 --hiding_fraction 0.3

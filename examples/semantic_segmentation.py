@@ -241,10 +241,8 @@ def build_model(model_args, num_labels, num_channels):
 
 def recording(trainer_cls):
     class Recording(trainer_cls):
-        def _plan_epoch(self, model, epoch):
-            plan = super()._plan_epoch(model, epoch)
+        def on_epoch_plan(self, plan):
             self.hidden_history.append(np.flatnonzero(self.hiding_engine.hidden))
-            return plan
 
     return Recording
 

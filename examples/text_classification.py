@@ -20,7 +20,7 @@ A pretrained model / tokenizer (Hub id or a local folder written by save_pretrai
     python examples/text_classification.py --model_name_or_path bert-base-uncased ...
     python examples/text_classification.py --tokenizer_name path/to/tokenizer ...  # small BERT, this tokenizer
 
-Every `TrainingArguments` field and the hiding fields of kakurenbo_hf/config.py are accepted
+Every `TrainingArguments` field and the hiding fields of kakurenbo_hf/core/config.py are accepted
 (`--hiding_fraction 0.3 --hiding_strategy random ...`).
 
 Defaults. Every run starts from this recipe's defaults (`DEFAULT_ARGS`: 4 epochs, lr 1e-3, weight

@@ -29,10 +29,9 @@ from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments  # noqa: E
 
 
 class Recording(KakurenboTrainer):
-    def _plan_epoch(self, model, epoch):
-        plan = super()._plan_epoch(model, epoch)
+    def on_epoch_plan(self, plan):
+        epoch = plan.epoch
         self.__dict__.setdefault("hidden_sets", {})[str(int(epoch))] = np.flatnonzero(self.hiding_engine.hidden).tolist()
-        return plan
 
 
 def main():

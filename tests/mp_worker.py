@@ -83,9 +83,9 @@ class RecordingMixin:
                 })
         return (loss, outputs) if return_outputs else loss
 
-    def _plan_epoch(self, model, epoch):
+    def on_epoch_plan(self, plan):
         """The table each rank held when the epoch's hidden set was chosen (its rows only, when sharded)."""
-        plan = super()._plan_epoch(model, epoch)
+        epoch = plan.epoch
         engine = self.hiding_engine
         if engine.stats is not None:
             self.records.setdefault("tables", {})[str(int(epoch))] = {
@@ -94,7 +94,6 @@ class RecordingMixin:
                 "hidden_bits": engine.hidden_bits.tolist(),
                 **{name: getattr(engine.stats, name).astype(float).tolist() for name in ("loss", "confidence", "correct")},
             }
-        return plan
 
     def _run_epoch(self, *args, **kwargs):
         self._current_epoch = int(kwargs["epoch"] if "epoch" in kwargs else args[1])
@@ -116,10 +115,12 @@ class RecordingKakurenboTrainer(RecordingMixin, KakurenboTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._init_records()
+        refresh = self.hiding_controller.refresh
+        self.hiding_controller.refresh = lambda model, indices: self._refresh(refresh, model, indices)
 
-    def _refresh(self, model, indices):
+    def _refresh(self, refresh, model, indices):
         mine = []
-        recorder = self._recorder
+        recorder = self.hiding_controller.recorder
         original_add = recorder.add
 
         def spy(sample_indices, *rest, **kwargs):
@@ -136,7 +137,7 @@ class RecordingKakurenboTrainer(RecordingMixin, KakurenboTrainer):
         recorder.add = spy
         self.per_sample_statistics_fn = counting
         try:
-            super()._refresh(model, indices)
+            refresh(model, indices)
         finally:
             del recorder.add  # back to the class's method
             self.per_sample_statistics_fn = statistics

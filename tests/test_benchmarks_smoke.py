@@ -113,6 +113,70 @@ def test_overhead_raises_when_loss_histories_differ(tmp_path, monkeypatch):
     assert record["ratio_median"] == 1.5 and record["pair_ratios"] == [1.5, 1.5] and record["verdict"] == "MISS"
 
 
+def test_overhead_loading_bound_smoke(tmp_path, monkeypatch):
+    """The loading-bound job at a tiny size: per seed one plain Trainer and one KakurenboTrainer run; the
+    counts, visible share, ratio and verdict agree with the runs; the F=0 job already in the record at
+    `--output` is kept beside it, each with its own command; no machine path is written."""
+    import math
+    import statistics
+
+    from benchmarks import overhead
+
+    def fake_f0_run(method, w, train_dataset, seed):
+        return {"method": method, "wall_seconds": 1.0, "train_runtime": 1.0, "optimizer_steps": 3,
+                "losses": [1.0, 0.5, 0.25], "grad_norms": [1.0] * 3}
+
+    out = tmp_path / "overhead.json"
+    with monkeypatch.context() as patch:  # an F=0 record (fake timings) already at --output
+        patch.setattr(overhead, "run_one", fake_f0_run)
+        f0 = overhead.main(TINY + ["--dataset", "synthetic", "--repeats", "1", "--output", str(out)])
+    n, batch, epochs = 8000, 2048, 3
+    record = overhead.main(["--job", "loading_bound", "--num_samples", str(n), "--batch-size", str(batch),
+                            "--epochs", str(epochs), "--seeds", "0", "1", "--threads", "1", "--output", str(out)])
+    assert _load(out) == json.loads(json.dumps(record))
+    assert str(tmp_path) not in out.read_text()
+    assert record["command"].startswith("python -m benchmarks.overhead --job loading_bound --num_samples 8000")
+    assert record["job"] == "loading_bound"
+    lb = record["loading_bound"]
+    assert lb["settings"]["num_samples"] == n and lb["settings"]["batch_size"] == batch
+    assert lb["settings"]["epochs"] == epochs and lb["settings"]["hiding_fraction"] == 0.3 and lb["seeds"] == [0, 1]
+    plain, ours = lb["runs"]["baseline"], lb["runs"]["kakurenbo"]
+    assert [r["seed"] for r in plain] == [r["seed"] for r in ours] == [0, 1]
+    for r in plain:
+        assert r["backpropagated"] == r["forwarded"] == epochs * n and r["visible_share"] == 1.0
+        assert r["hidden_per_epoch"] == [] and r["optimizer_steps"] == epochs * math.ceil(n / batch)
+    for r in ours:
+        hidden = r["hidden_per_epoch"]
+        assert r["counts_from"] == "sample_counters" and len(hidden) == epochs and hidden[0] == 0
+        assert 0 < max(hidden) <= 0.3 * n  # the separable data gets hidden, at most F x N an epoch
+        assert r["backpropagated"] == sum(n - h for h in hidden)
+        assert r["visible_share"] == pytest.approx(r["backpropagated"] / (epochs * n))
+        assert r["optimizer_steps"] == sum(math.ceil((n - h) / batch) for h in hidden)
+    for r in plain + ours:
+        assert 0 < r["train_runtime"] <= r["wall_seconds"] + 1e-3
+    assert lb["train_seconds"] == {"baseline": [r["train_runtime"] for r in plain],
+                                   "kakurenbo": [r["train_runtime"] for r in ours]}
+    ratio = statistics.median(lb["train_seconds"]["kakurenbo"]) / statistics.median(lb["train_seconds"]["baseline"])
+    assert lb["ratio_median"] == pytest.approx(ratio)
+    assert lb["pair_ratios"] == [pytest.approx(o["train_runtime"] / p["train_runtime"]) for p, o in zip(plain, ours)]
+    assert lb["visible_share"] == pytest.approx(statistics.fmean(r["visible_share"] for r in ours))
+    assert lb["visible_share"] < 1
+    assert lb["hidden_share"] == pytest.approx(1 - lb["visible_share"])
+    assert lb["target_ratio"] == pytest.approx(lb["visible_share"] + overhead.VISIBLE_MARGIN)
+    assert lb["within_target"] == (lb["ratio_median"] <= lb["target_ratio"])
+    assert lb["verdict"] == ("PASS" if lb["within_target"] else "MISS")
+    assert set(lb["load"]) == {"before", "after", "quiet"}
+    # both jobs' ratios, each with the command that measured it; the F=0 job's fields kept at the top level
+    assert set(record["ratios"]) == {"f0", "loading_bound"}
+    entry = record["ratios"]["loading_bound"]
+    assert entry["command"] == lb["command"] == record["command"]
+    assert (entry["ratio"], entry["visible_share"], entry["target"], entry["verdict"]) == (
+        lb["ratio_median"], lb["visible_share"], lb["target_ratio"], lb["verdict"])
+    assert record["ratios"]["f0"] == f0["ratios"]["f0"] and record["ratios"]["f0"]["command"] == f0["command"]
+    assert record["runs"] == f0["runs"] and record["ratio_median"] == f0["ratio_median"] == 1.0
+    assert "kept from the existing record" in record["markdown"] and lb["markdown"] in record["markdown"]
+
+
 @pytest.mark.slow
 def test_refresh_smoke(tmp_path, monkeypatch):
     """The refresh pass forwards exactly the samples hidden in the previous epoch, in eval mode, and the
@@ -120,28 +184,29 @@ def test_refresh_smoke(tmp_path, monkeypatch):
     import numpy as np
 
     from benchmarks import refresh
-    from kakurenbo_hf import KakurenboTrainer
+    from kakurenbo_hf.hf.controller import HidingController
 
-    calls = []  # per _refresh call: (indices, rows forwarded, model.training seen during the forwards)
-    original = KakurenboTrainer._refresh
+    calls = []  # per refresh pass: (indices, rows forwarded, model.training seen during the forwards)
+    original = HidingController.refresh
 
     def spy(self, model, indices):
+        trainer = self.trainer
         forwarded, modes = [], set()
-        statistics_fn = self.per_sample_statistics_fn
+        statistics_fn = trainer.per_sample_statistics_fn
 
         def counting(outputs, labels):
             forwarded.append(len(labels))
-            modes.add(self.accelerator.unwrap_model(model).training)
+            modes.add(trainer.accelerator.unwrap_model(model).training)
             return statistics_fn(outputs, labels)
 
-        self.per_sample_statistics_fn = counting
+        trainer.per_sample_statistics_fn = counting
         try:
             return original(self, model, indices)
         finally:
-            self.per_sample_statistics_fn = statistics_fn
+            trainer.per_sample_statistics_fn = statistics_fn
             calls.append((np.array(indices), sum(forwarded), modes))
 
-    monkeypatch.setattr(KakurenboTrainer, "_refresh", spy)
+    monkeypatch.setattr(HidingController, "refresh", spy)
     out = tmp_path / "refresh.json"
     # tau = 0: every correct low-loss candidate is hidden, so the tiny run hides (and refreshes) samples.
     record = refresh.main(TINY + ["--dataset", "synthetic", "--epochs", "3", "--repeats", "2",
@@ -173,20 +238,11 @@ def test_refresh_smoke(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_sync_smoke_two_processes(tmp_path):
     """The synchronisation benchmark under a real 2-process launch (gloo on CPU)."""
-    import socket
-    import subprocess
+    from launch import launch
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     out = tmp_path / "sync.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--main_process_port", str(port), "-m", "benchmarks.sync", "--cpu", "--num-samples", "5000",
-         "--trials", "1", "--output", str(out)],
-        check=True, cwd=_ROOT, env=env, timeout=600,
-    )
+    launch("benchmarks.sync", "--cpu", "--num-samples", "5000", "--trials", "1", "--output", str(out),
+           module=True, cwd=_ROOT, env={"PYTHONPATH": _ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")})
     record = _load(out)
     assert record["processes"] == 2 and record["num_samples"] == 5000 and record["layout"] == "sharded"
     assert record["median"]["flush_seconds"] > 0

@@ -12,26 +12,22 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from helpers import augmented, collate, make_image_dataset, make_vit
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+from helpers import (
+    augmented,
+    collate,
+    logged,
+    make_bert,
+    make_image_dataset,
+    make_text_dataset,
+    make_vit,
+    pad_collate,
+    training_args,
+)
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
 from kakurenbo_hf.distributed.checkpoint import HIDING_STATE_NAME, load_hiding_state, save_hiding_state
 from kakurenbo_hf.hf.indexing import SAMPLE_INDEX_KEY
-
-COMMON = dict(per_device_train_batch_size=16, learning_rate=3e-3, use_cpu=True, report_to=[], logging_steps=1,
-              save_strategy="no", seed=7, disable_tqdm=True, dataloader_pin_memory=False)
-
-
-def args_for(cls, out, **overrides):
-    values = dict(COMMON, num_train_epochs=3)
-    values.update(overrides)
-    return cls(output_dir=str(out), **values)
-
-
-def logged(trainer, key):
-    return [(e["step"], e[key]) for e in trainer.state.log_history if key in e]
-
 
 def same_weights(a, b):
     sa, sb = a.state_dict(), b.state_dict()
@@ -46,32 +42,6 @@ def train_set():
 # --- 2. train_sampling_strategy ----------------------------------------------------------------
 
 
-def make_text_dataset(num_samples=96, seed=0):
-    """Token sequences of very different lengths; the label is whether token 5 appears."""
-    rng = np.random.default_rng(seed)
-    rows = {"input_ids": [], "label": []}
-    for _ in range(num_samples):
-        length = int(rng.choice([4, 8, 16, 40]))
-        ids = rng.integers(6, 50, size=length)
-        label = int(rng.random() < 0.5)
-        if label:
-            ids[rng.integers(length)] = 5
-        rows["input_ids"].append([2] + ids.tolist())
-        rows["label"].append(label)
-    return Dataset.from_dict(rows)
-
-
-def pad_collate(features):
-    """A padding collator (as DataCollatorWithPadding): pads to the longest row of the batch."""
-    longest = max(len(f["input_ids"]) for f in features)
-    ids = torch.zeros(len(features), longest, dtype=torch.long)
-    mask = torch.zeros(len(features), longest, dtype=torch.long)
-    for row, feature in enumerate(features):
-        ids[row, : len(feature["input_ids"])] = torch.tensor(feature["input_ids"])
-        mask[row, : len(feature["input_ids"])] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["label"] for f in features])}
-
-
 def random_order_padding(data, batch_size, rounds=20):
     """The mean padding fraction of batches of `batch_size` in uniformly shuffled order."""
     lengths = np.array([len(ids) for ids in data["input_ids"]])
@@ -81,13 +51,6 @@ def random_order_padding(data, batch_size, rounds=20):
         for batch in np.array_split(rng.permutation(lengths), int(np.ceil(len(lengths) / batch_size))):
             fractions.append(1 - batch.mean() / batch.max())
     return float(np.mean(fractions))
-
-
-def make_bert(seed=0):
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64, num_labels=2)
-    return BertForSequenceClassification(config)
 
 
 class BatchProbe(TrainerCallback):
@@ -119,8 +82,8 @@ def test_sampling_strategy_at_zero_fraction_matches_trainer(tmp_path, strategy):
         ("ours", _recording(KakurenboTrainer), KakurenboTrainingArguments, {"hiding_fraction": 0.0}),
     ]:
         trainer = cls(model=make_bert(), train_dataset=data, data_collator=pad_collate,
-                      args=args_for(args_cls, tmp_path / name, train_sampling_strategy=strategy,
-                                    per_device_train_batch_size=8, **extra))
+                      args=training_args(tmp_path / name, cls=args_cls, train_sampling_strategy=strategy,
+                                         per_device_train_batch_size=8, **extra))
         trainer.train()
         runs[name] = trainer
     plain, ours = runs["plain"], runs["ours"]
@@ -136,10 +99,10 @@ def test_group_by_length_and_sequential_apply_to_the_visible_set(tmp_path):
     for strategy in ("group_by_length", "sequential"):
         trainer = _recording(KakurenboTrainer)(
             model=make_bert(), train_dataset=data, data_collator=pad_collate,
-            args=args_for(KakurenboTrainingArguments, tmp_path / strategy, train_sampling_strategy=strategy,
-                          per_device_train_batch_size=8, num_train_epochs=4, learning_rate=5e-3,
-                          hiding_fraction=0.5, confidence_threshold=0.0, hiding_decay_milestones=[],
-                          hiding_decay_factors=[]))
+            args=training_args(tmp_path / strategy, train_sampling_strategy=strategy,
+                               per_device_train_batch_size=8, num_train_epochs=4, learning_rate=5e-3,
+                               hiding_fraction=0.5, confidence_threshold=0.0, hiding_decay_milestones=[],
+                               hiding_decay_factors=[]))
         trainer.train()
         plans = trainer.hiding_engine.plans
         assert plans[-1].num_hidden > 0
@@ -155,7 +118,7 @@ def test_group_by_length_and_sequential_apply_to_the_visible_set(tmp_path):
 
 def test_unsupported_sampling_strategy_is_refused_before_training(tmp_path):
     trainer = KakurenboTrainer(model=make_bert(), train_dataset=make_text_dataset(), data_collator=pad_collate,
-                               args=args_for(KakurenboTrainingArguments, tmp_path, train_sampling_strategy="batch_rebalance"))
+                               args=training_args(tmp_path, train_sampling_strategy="batch_rebalance"))
     with pytest.raises(ValueError, match="batch_rebalance"):
         trainer.train()
     assert trainer.state.global_step == 0
@@ -171,11 +134,11 @@ def test_ignored_labels_train_and_are_never_hidden(tmp_path):
     labels[ignored] = -100
     data = data.remove_columns("label").add_column("label", labels.tolist()).with_format("torch")
     plain = Trainer(model=make_vit(seed=3), train_dataset=data, data_collator=collate,
-                    args=args_for(TrainingArguments, tmp_path / "plain"))
+                    args=training_args(tmp_path / "plain", cls=TrainingArguments))
     plain.train()  # the plain Trainer trains with ignored labels
     trainer = KakurenboTrainer(model=make_vit(seed=3), train_dataset=data, data_collator=collate,
-                               args=args_for(KakurenboTrainingArguments, tmp_path / "ours", num_train_epochs=4,
-                                             hiding_fraction=0.5, confidence_threshold=0.0))
+                               args=training_args(tmp_path / "ours", num_train_epochs=4,
+                                                  hiding_fraction=0.5, confidence_threshold=0.0))
     trainer.train()
     engine = trainer.hiding_engine
     assert any(p.num_hidden for p in engine.plans)
@@ -190,11 +153,11 @@ def test_ignored_labels_train_and_are_never_hidden(tmp_path):
 def test_run_that_hides_nothing_is_the_plain_trainers_run(tmp_path, train_set):
     """Default compensation ('realized') with hiding on but nothing confident enough: the plain run."""
     plain = Trainer(model=make_vit(seed=3), train_dataset=train_set, data_collator=collate,
-                    args=args_for(TrainingArguments, tmp_path / "plain", lr_scheduler_type="cosine"))
+                    args=training_args(tmp_path / "plain", cls=TrainingArguments, lr_scheduler_type="cosine"))
     plain.train()
     ours = KakurenboTrainer(model=make_vit(seed=3), train_dataset=train_set, data_collator=collate,
-                            args=args_for(KakurenboTrainingArguments, tmp_path / "ours", lr_scheduler_type="cosine",
-                                          hiding_fraction=0.9, confidence_threshold=1.0))
+                            args=training_args(tmp_path / "ours", lr_scheduler_type="cosine",
+                                               hiding_fraction=0.9, confidence_threshold=1.0))
     ours.train()
     assert all(p.num_hidden == 0 for p in ours.hiding_engine.plans)
     assert all(p.lr_factor == 1.0 for p in ours.hiding_engine.plans)
@@ -221,11 +184,11 @@ class StopEpochEarly(TrainerCallback):
 
 def test_should_epoch_stop_continues_the_schedule_like_the_trainer(tmp_path, train_set):
     plain = Trainer(model=make_vit(seed=3), train_dataset=train_set, data_collator=collate,
-                    callbacks=[StopEpochEarly()], args=args_for(TrainingArguments, tmp_path / "plain"))
+                    callbacks=[StopEpochEarly()], args=training_args(tmp_path / "plain", cls=TrainingArguments))
     plain.train()
     ours = KakurenboTrainer(model=make_vit(seed=3), train_dataset=train_set, data_collator=collate,
                             callbacks=[StopEpochEarly()],
-                            args=args_for(KakurenboTrainingArguments, tmp_path / "ours", confidence_threshold=1.0))
+                            args=training_args(tmp_path / "ours", confidence_threshold=1.0))
     ours.train()
     assert plain.state.global_step == ours.state.global_step == 6 + 2 + 6
     assert logged(ours, "learning_rate") == logged(plain, "learning_rate")
@@ -241,8 +204,7 @@ def test_non_finite_statistics_warn_once_and_apply_no_factor(tmp_path, train_set
 
     trainer = KakurenboTrainer(model=make_vit(seed=3), train_dataset=train_set, data_collator=collate,
                                per_sample_statistics_fn=nan_statistics,
-                               args=args_for(KakurenboTrainingArguments, tmp_path, num_train_epochs=4,
-                                             lr_compensation="target"))
+                               args=training_args(tmp_path, num_train_epochs=4, lr_compensation="target"))
     with caplog.at_level("WARNING"):
         trainer.train()
     plans = trainer.hiding_engine.plans
@@ -259,7 +221,7 @@ def _resumable(out, data, resume=None, **overrides):
                   save_steps=5, per_device_train_batch_size=24)
     values.update(overrides)
     trainer = KakurenboTrainer(model=make_vit(seed=3), train_dataset=data, data_collator=collate,
-                               args=args_for(KakurenboTrainingArguments, out, **values))
+                               args=training_args(out, **values))
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -402,13 +364,12 @@ def test_batchnorm_never_gets_a_last_batch_of_one(tmp_path):
             return super().compute_loss(model, inputs, **kwargs)
 
     plain_model = _BatchNormClassifier()
-    plain = Trainer(model=plain_model, args=args_for(TrainingArguments, tmp_path / "plain", num_train_epochs=1),
-                    train_dataset=data.select(range(81)))
+    plain = Trainer(model=plain_model, train_dataset=data.select(range(81)),
+                    args=training_args(tmp_path / "plain", cls=TrainingArguments, num_train_epochs=1))
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         plain.train()  # what the same epoch length does to the plain Trainer
 
-    args = args_for(KakurenboTrainingArguments, tmp_path / "k", hiding_strategy="random", random_count="exact",
-                    hiding_fraction=15 / 96)
+    args = training_args(tmp_path / "k", hiding_strategy="random", random_count="exact", hiding_fraction=15 / 96)
     trainer = Recording(model=_BatchNormClassifier(), args=args, train_dataset=data)
     trainer.train()
     hiding_plans = trainer.hiding_engine.plans[1:]
@@ -420,8 +381,7 @@ def test_batchnorm_never_gets_a_last_batch_of_one(tmp_path):
 
 
 def test_last_batch_of_one_is_left_alone_without_batchnorm(tmp_path, train_set):
-    args = args_for(KakurenboTrainingArguments, tmp_path, hiding_strategy="random", random_count="exact",
-                    hiding_fraction=15 / 96)
+    args = training_args(tmp_path, hiding_strategy="random", random_count="exact", hiding_fraction=15 / 96)
     trainer = KakurenboTrainer(model=make_vit(seed=0), args=args, train_dataset=train_set, data_collator=collate)
     trainer.train()
     assert all(plan.num_hidden == 15 for plan in trainer.hiding_engine.plans[1:])

@@ -14,7 +14,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 TINY = [
     "--do_train", "--do_eval", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
@@ -25,12 +24,8 @@ TINY_FRACTAL = ["--fractal_num_classes", "3", "--fractal_train_per_class", "6", 
 TINY_DEIT = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--patch_size", "8"]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    for key, value in OFFLINE_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets_cache"))
-    monkeypatch.syspath_prepend(EXAMPLES)
+# Offline, a datasets cache per test, examples/ importable; the subprocesses below inherit it.
+pytestmark = pytest.mark.usefixtures("examples_env")
 
 
 def _example(name):
@@ -137,12 +132,11 @@ def test_text_classification_csv(tmp_path):
 def test_text_classification_generated_subprocess(tmp_path):
     """The CLI as a user runs it (generated data, trained tokenizer), in a fresh offline process."""
     out = str(tmp_path / "out")
-    env = dict(os.environ, **OFFLINE_ENV)
     proc = subprocess.run(
         [sys.executable, os.path.join(EXAMPLES, "text_classification.py"), "--output_dir", out,
          "--synthetic_train_size", "200", "--synthetic_validation_size", "40", "--hidden_size", "32",
          "--num_hidden_layers", "1", "--hiding_fraction", "0.3", "--do_train", "--do_eval", "--num_train_epochs", "2"] + TINY[4:],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300,
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[text_classification]" in proc.stdout and "eval_accuracy=" in proc.stdout
@@ -237,7 +231,7 @@ def test_image_classification_nothing_to_do_exits_non_zero(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(EXAMPLES, "image_classification.py"), "--output_dir", str(out),
          "--do_train", "false", "--do_eval", "false"],
-        cwd=str(tmp_path), env=dict(os.environ, **OFFLINE_ENV), capture_output=True, text=True, timeout=300,
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 1, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     assert "nothing to do" in proc.stderr

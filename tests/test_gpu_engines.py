@@ -10,18 +10,15 @@ weights and the resumed run matches the uninterrupted one's hidden sets and step
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from launch import launch_mp_worker
+from mp_records import read_records, read_weights
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "mp_worker.py")
 NUM_GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 needs_gpus = pytest.mark.skipif(NUM_GPUS < 2, reason="needs >= 2 CUDA GPUs: on CPU, FSDP silently runs as DDP")
@@ -35,38 +32,30 @@ ENGINES = {
 }
 
 
-def _launch(engine: str, out: str, runs: list[dict]) -> None:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "bf16", *ENGINES[engine], WORKER, "--out", out, "--runs", json.dumps(runs)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
-
-
-def _records(out: str, name: str) -> list[dict]:
-    return [json.load(open(os.path.join(out, name, f"rank{rank}.json"))) for rank in range(2)]
+# tests/mp_worker.py in 2 processes on the GPUs (not the CPU launch), in bf16, under an engine's plugin flags.
+ON_GPUS = dict(num_processes=2, cpu=False, mixed_precision="bf16", timeout=1500)
 
 
 @needs_gpus
 @pytest.mark.parametrize("engine", ["fsdp2", pytest.param("zero2", marks=needs_deepspeed),
                                     pytest.param("zero3", marks=needs_deepspeed)])
 def test_train_hide_refresh_checkpoint_resume(engine, tmp_path):
-    from safetensors.torch import load_file
-
     out = str(tmp_path)
     # 151 samples: the hidden counts are odd in some epochs, so refresh shares differ by one sample.
     run = dict(name="full", model="vit", num_samples=151, epochs=4, batch_size=8, hiding_fraction=0.5,
                confidence_threshold=0.3, save_steps=7, use_cpu=False)
-    _launch(engine, out, [run])
-    full = _records(out, "full")
+    launch_mp_worker(out, [run], distribution=ENGINES[engine], **ON_GPUS)
+    full = read_records(out, "full")
     assert any(p["num_hidden"] % 2 for p in full[0]["plans"]), "no odd hidden count: change num_samples"
     for passes in zip(*(r["refresh"] for r in full)):
         assert passes[0]["forwards"] == passes[1]["forwards"]
-    weights = [load_file(os.path.join(out, "full", f"weights_rank{r}.safetensors")) for r in range(2)]
+    weights = read_weights(out, "full")
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     step = [s for s in full[0]["checkpoints"] if s < full[0]["global_step"]][-1]
-    _launch(engine, out, [dict(run, name="resumed", save_steps=0,
-                               resume=os.path.join(out, "full", "output", f"checkpoint-{step}"))])
-    resumed = _records(out, "resumed")
+    launch_mp_worker(out, [dict(run, name="resumed", save_steps=0,
+                                resume=os.path.join(out, "full", "output", f"checkpoint-{step}"))],
+                     distribution=ENGINES[engine], **ON_GPUS)
+    resumed = read_records(out, "resumed")
     for rank in range(2):
         assert resumed[rank]["global_step"] == full[rank]["global_step"]
         for epoch, record in resumed[rank]["epochs"].items():

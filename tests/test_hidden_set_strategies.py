@@ -12,6 +12,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from stats_helpers import make_stats
 
 from kakurenbo_hf.distributed.checkpoint import load_hiding_state, save_hiding_state
 from kakurenbo_hf.core.config import KakurenboArguments
@@ -24,17 +25,6 @@ from kakurenbo_hf.strategies.random import RandomStrategy
 from kakurenbo_hf.strategies.ucb import UcbStrategy
 
 NO_DECAY = dict(hiding_decay_milestones=[], hiding_decay_factors=[])
-
-
-def make_stats(loss, correct=None, confidence=None) -> SampleStats:
-    loss = np.asarray(loss, dtype=np.float32)
-    n = loss.shape[0]
-    stats = SampleStats(n)
-    seen = np.flatnonzero(np.isfinite(loss))
-    correct = np.ones(n, bool) if correct is None else np.asarray(correct, bool)
-    confidence = np.ones(n) if confidence is None else np.asarray(confidence)
-    stats.update(seen, loss[seen], confidence[seen], correct[seen])
-    return stats
 
 
 def floor_k(fraction: float, n: int) -> int:

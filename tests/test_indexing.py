@@ -11,7 +11,7 @@ from datasets import Dataset as HFDataset
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data import default_collate
 
-from kakurenbo_hf.hf.indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
+from kakurenbo_hf.hf.indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset, IndexedRows
 from kakurenbo_hf.core.sampler import HidingSampler
 
 
@@ -148,8 +148,9 @@ def test_rows_carry_their_index_list_dataset():
     for i in (0, 3, 9):
         assert dataset[i] == {**rows[i], SAMPLE_INDEX_KEY: i}
     batch = dataset.__getitems__([7, 2, 2])
-    assert [r[SAMPLE_INDEX_KEY] for r in batch] == [7, 2, 2]
+    assert isinstance(batch, IndexedRows) and batch.sample_indices == [7, 2, 2]
     assert [r["x"] for r in batch] == [70.0, 20.0, 20.0]
+    assert all(got is rows[i] for got, i in zip(batch, [7, 2, 2]))  # the rows themselves, no copies
     # the wrapped rows are not modified
     assert all(SAMPLE_INDEX_KEY not in row for row in rows)
 
@@ -160,8 +161,9 @@ def test_rows_carry_their_index_hf_dataset():
     assert len(dataset) == len(ds)
     assert dataset[5] == {"x": 5.0, "label": 2, SAMPLE_INDEX_KEY: 5}
     rows = dataset.__getitems__([11, 0, 4])
-    assert rows == [{"x": float(i), "label": i % 3, SAMPLE_INDEX_KEY: i} for i in (11, 0, 4)]
-    assert type(rows[0][SAMPLE_INDEX_KEY]) is int
+    assert rows == [{"x": float(i), "label": i % 3} for i in (11, 0, 4)]
+    assert rows.sample_indices == [11, 0, 4]
+    assert type(dataset[5][SAMPLE_INDEX_KEY]) is int
     # attributes of the wrapped dataset are forwarded
     assert dataset.column_names == ["x", "label"]
     assert dataset.features == ds.features
@@ -173,7 +175,8 @@ def test_batched_read_goes_through_wrapped_getitems():
     rows = dataset.__getitems__([4, 1, 8])
     assert inner.batched_calls == [[4, 1, 8]]
     assert inner.single_calls == 0
-    assert [r[SAMPLE_INDEX_KEY] for r in rows] == [4, 1, 8]
+    assert rows.sample_indices == [4, 1, 8]
+    assert all(got is inner.rows[i] for got, i in zip(rows, [4, 1, 8]))
 
 
 def test_hf_dataset_batched_read_is_used(monkeypatch):
@@ -270,9 +273,11 @@ def test_collator_with_default_collate():
 
 
 def test_collator_does_not_modify_features():
-    features = IndexedDataset(ListDataset(make_rows())).__getitems__([0, 1])
+    rows = make_rows()
+    features = IndexedDataset(ListDataset(rows)).__getitems__([0, 1])
     IndexCollator(fresh_dict_collate)(features)
-    assert all(SAMPLE_INDEX_KEY in f for f in features)
+    assert features == rows[:2] and features.sample_indices == [0, 1]
+    assert all(SAMPLE_INDEX_KEY not in f for f in rows)
 
 
 def test_rows_without_key_pass_through():
@@ -310,3 +315,210 @@ def test_dataloader_with_hiding_sampler():
     assert indices == list(sampler)
     for b in batches:  # the data of each row matches its index
         assert b["x"].tolist() == [float(i) for i in b[SAMPLE_INDEX_KEY].tolist()]
+
+
+# --- no work per row: the batch's rows reach the user's collator as the dataset made them -------------
+
+
+class RecordingCollate:
+    """A user collate_fn that keeps what it was handed, indexes `features[0]` and iterates."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, features):
+        self.calls.append(features)
+        keys = [k for k in features[0] if k != "label"]
+        batch = {k: torch.tensor([f[k] for f in features]) for k in keys}
+        batch["labels"] = torch.tensor([f["label"] for f in features])
+        return batch
+
+
+@pytest.mark.parametrize("make_inner", [list, ListDataset, BatchedListDataset])
+def test_collator_receives_the_dataset_rows_themselves(make_inner):
+    """No copy, no stripped dict: the user's collate_fn gets the very list and row objects of the read."""
+    rows = make_rows(12)
+    dataset = IndexedDataset(make_inner(rows))
+    collate = RecordingCollate()
+    order = [9, 3, 3, 0]
+    read = dataset.__getitems__(order)
+    batch = IndexCollator(collate)(read)
+    assert collate.calls[0] is read
+    assert len(read) == 4 and all(got is rows[i] for got, i in zip(read, order))
+    assert all(SAMPLE_INDEX_KEY not in row for row in rows)
+    assert batch[SAMPLE_INDEX_KEY].tolist() == order and batch[SAMPLE_INDEX_KEY].dtype == torch.long
+    assert batch["x"].tolist() == [rows[i]["x"] for i in order]
+
+
+def test_hf_rows_reach_the_collator_uncopied():
+    ds = make_hf_dataset()
+    dataset = IndexedDataset(ds)
+    made = []
+    original = HFDataset.__getitems__
+
+    def spy(keys):
+        rows = original(ds, keys)
+        made.append(list(rows))
+        return rows
+
+    ds.__getitems__ = spy  # instance attribute: this dataset only
+    collate = RecordingCollate()
+    batch = IndexCollator(collate)(dataset.__getitems__([3, 7, 1]))
+    assert len(made) == 1 and all(a is b for a, b in zip(collate.calls[0], made[0]))
+    assert batch[SAMPLE_INDEX_KEY].tolist() == [3, 7, 1] and batch["x"].tolist() == [3.0, 7.0, 1.0]
+
+
+def test_read_hooks_run_once_around_each_read():
+    events = []
+    inner = BatchedListDataset(make_rows())
+    original = inner.__getitems__
+    inner.__getitems__ = lambda indices: (events.append("read"), original(indices))[1]
+    dataset = IndexedDataset(inner)
+    dataset.on_read_start = lambda: events.append("start")
+    dataset.on_read_end = lambda: events.append("end")
+    dataset.__getitems__([1, 2, 3])
+    assert events == ["start", "read", "end"]
+    events.clear()
+    dataset[4]
+    assert events == ["start", "end"]
+
+
+def test_existing_key_raises_value_error_in_batched_read():
+    dataset = IndexedDataset(make_hf_dataset().add_column(SAMPLE_INDEX_KEY, list(range(12))))
+    with pytest.raises(ValueError, match=SAMPLE_INDEX_KEY):
+        dataset.__getitems__([0, 1])
+
+
+def test_wrong_number_of_rows_raises():
+    class Short(ListDataset):
+        def __getitems__(self, indices):
+            return self.rows[: len(indices) - 1]
+
+    with pytest.raises(ValueError, match="3 rows for 4 indices"):
+        IndexedDataset(Short(make_rows())).__getitems__([0, 1, 2, 3])
+
+
+def test_indices_as_arrays_become_a_long_tensor():
+    dataset = IndexedDataset(ListDataset(make_rows()))
+    for indices in (np.array([4, 2]), torch.tensor([4, 2], dtype=torch.int32)):
+        batch = IndexCollator(fresh_dict_collate)(dataset.__getitems__(indices))
+        assert batch[SAMPLE_INDEX_KEY].dtype == torch.long and batch[SAMPLE_INDEX_KEY].tolist() == [4, 2]
+        assert batch["x"].tolist() == [40.0, 20.0]
+
+
+def test_single_row_reads_are_tagged_copies_and_collate():
+    """`dataset[i]` (not the batched path) tags a copy; a list of them still collates with its indices."""
+    rows = make_rows()
+    dataset = IndexedDataset(ListDataset(rows))
+    features = [dataset[i] for i in (6, 1)]
+    assert features[0] is not rows[6] and SAMPLE_INDEX_KEY not in rows[6]
+    batch = IndexCollator(fresh_dict_collate)(features)  # fresh_dict_collate asserts it never sees the key
+    assert batch[SAMPLE_INDEX_KEY].tolist() == [6, 1] and batch["x"].tolist() == [60.0, 10.0]
+    assert all(SAMPLE_INDEX_KEY in f for f in features)  # the caller's rows are left as they were
+
+
+def test_indexed_rows_pickle():
+    rows = IndexedDataset(ListDataset(make_rows())).__getitems__([2, 5])
+    clone = pickle.loads(pickle.dumps(rows))
+    assert type(clone) is IndexedRows and clone == rows and clone.sample_indices == [2, 5]
+
+
+def test_transformers_default_data_collator():
+    from transformers import default_data_collator
+
+    dataset = IndexedDataset(make_hf_dataset())
+    batch = IndexCollator(default_data_collator)(dataset.__getitems__([8, 2]))
+    assert batch["labels"].tolist() == [2, 2] and batch["x"].tolist() == [8.0, 2.0]
+    assert batch[SAMPLE_INDEX_KEY].tolist() == [8, 2]
+
+
+# --- transformers' RemoveColumnsCollator, which rebuilds every row -------------------------------------
+
+
+def _remove_columns_collator(collate, columns=("x", "label")):
+    from transformers.trainer_utils import RemoveColumnsCollator
+
+    # What the Trainer's _get_dataloader wraps around the collator of a dataset that is not a
+    # `datasets.Dataset` when remove_unused_columns=True; KakurenboMixin puts it inside IndexCollator.
+    return RemoveColumnsCollator(collate, signature_columns=[*columns, SAMPLE_INDEX_KEY])
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("make", [lambda n: ListDataset([{**r, "junk": "j"} for r in make_rows(n)]),
+                                  lambda n: make_hf_dataset(n).add_column("junk", ["j"] * n)])
+def test_dataloader_through_remove_columns_collator(make, num_workers):
+    """A column-filtering wrapper inside IndexCollator filters, and the batches keep their indices (workers too)."""
+    n = 23
+    sampler = HidingSampler(n, seed=1)
+    sampler.set_epoch(0)
+    hidden = np.zeros(n, dtype=bool)
+    hidden[[0, 5, 6]] = True
+    sampler.set_hidden(hidden)
+    seen_columns = set()
+
+    def collate(features):
+        seen_columns.update(*features)
+        return fresh_dict_collate(features)
+
+    loader = DataLoader(IndexedDataset(make(n)), batch_size=4, sampler=sampler, num_workers=num_workers,
+                        collate_fn=IndexCollator(_remove_columns_collator(collate)))
+    batches = list(loader)
+    assert torch.cat([b[SAMPLE_INDEX_KEY] for b in batches]).tolist() == list(sampler)
+    for b in batches:
+        expected = [float(i) * (10 if isinstance(loader.dataset.dataset, ListDataset) else 1)
+                    for i in b[SAMPLE_INDEX_KEY].tolist()]
+        assert b["x"].tolist() == expected
+    if num_workers == 0:
+        assert seen_columns == {"x", "label"}  # the wrapper's filtering still applies
+
+
+def test_a_wrapper_outside_the_index_collator_loses_the_indices():
+    """Why the trainer puts the column-removing wrapper inside IndexCollator: outside, it rebuilds the rows
+    into a plain list and the batch carries no indices (compute_loss then refuses the training batch)."""
+    dataset = IndexedDataset(ListDataset(make_rows()))
+    outside = _remove_columns_collator(IndexCollator(fresh_dict_collate))
+    assert SAMPLE_INDEX_KEY not in outside(dataset.__getitems__([0, 1, 2]))
+    inside = IndexCollator(_remove_columns_collator(fresh_dict_collate))
+    assert inside(dataset.__getitems__([0, 1, 2]))[SAMPLE_INDEX_KEY].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataloader_workers_collate_with_indices(num_workers):
+    """Rows collated inside DataLoader workers (fresh-dict user collator, HF dataset)."""
+    n = 30
+    loader = DataLoader(IndexedDataset(make_hf_dataset(n)), batch_size=7, shuffle=True, num_workers=num_workers,
+                        collate_fn=IndexCollator(fresh_dict_collate), generator=torch.Generator().manual_seed(0))
+    batches = list(loader)
+    assert sorted(torch.cat([b[SAMPLE_INDEX_KEY] for b in batches]).tolist()) == list(range(n))
+    for b in batches:
+        assert b["x"].tolist() == [float(i) for i in b[SAMPLE_INDEX_KEY].tolist()]
+
+
+@pytest.mark.parametrize("hf", [True, False])
+def test_trainer_train_dataloader_with_remove_unused_columns(tmp_path, hf):
+    """The Trainer's default (remove_unused_columns=True): unused columns are removed (on the dataset for a
+    `datasets.Dataset`, by RemoveColumnsCollator inside IndexCollator otherwise) and the batches carry the
+    right indices; a `datasets.Dataset`'s rows reach the collator without a per-row wrapper."""
+    from helpers import make_vit
+
+    from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
+
+    n = 10
+    pixels = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((n, 3, 16, 16), dtype=np.float32)
+    if hf:
+        ds = HFDataset.from_dict({"pixel_values": pixels, "labels": [i % 3 for i in range(n)], "junk": ["j"] * n})
+        ds = ds.with_format("torch")
+    else:
+        ds = ListDataset([{"pixel_values": torch.from_numpy(pixels[i]), "labels": i % 3, "junk": "j"} for i in range(n)])
+    args = KakurenboTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4,
+                                      report_to="none", use_cpu=True)
+    trainer = KakurenboTrainer(model=make_vit(num_classes=3), args=args, train_dataset=ds)
+    loader = trainer.get_train_dataloader()
+    assert isinstance(loader.collate_fn, IndexCollator)
+    assert (type(loader.collate_fn.collate_fn).__name__ == "RemoveColumnsCollator") is not hf
+    batches = list(loader)
+    assert sorted(torch.cat([b[SAMPLE_INDEX_KEY] for b in batches]).tolist()) == list(range(n))
+    for b in batches:
+        assert "junk" not in b
+        assert b["pixel_values"][:, 0, 0, 0].tolist() == [float(i) for i in b[SAMPLE_INDEX_KEY].tolist()]
+        assert b["labels"].tolist() == [i % 3 for i in b[SAMPLE_INDEX_KEY].tolist()]

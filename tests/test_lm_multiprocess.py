@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from launch import launch
+from mp_records import read_records, read_weights
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -25,38 +23,11 @@ WORKER = os.path.join(HERE, "lm_mp_worker.py")
 SAVE_STEPS = 10
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _launch(out: str, *worker_args: str) -> None:
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), WORKER, "--out", out, *worker_args,
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        pytest.fail(f"accelerate launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
-
-
-def _records(out, name):
-    return [json.load(open(os.path.join(out, name, f"rank{rank}.json"))) for rank in range(2)]
-
-
-def _weights(out, name):
-    return [load_file(os.path.join(out, name, f"weights_rank{rank}.safetensors")) for rank in range(2)]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("lm_mp"))
-    _launch(out, "--name", "full", "--save_steps", str(SAVE_STEPS))
-    full = _records(out, "full")
+    launch(WORKER, "--out", out, "--name", "full", "--save_steps", str(SAVE_STEPS))
+    full = read_records(out, "full")
     # the first checkpoint inside an epoch that hides samples (not at its end)
     first_hiding_epoch = min(int(e) for e, hidden in full[0]["hidden_sets"].items() if hidden)
     checkpoints = sorted(int(name.split("-")[1]) for name in os.listdir(os.path.join(out, "run"))
@@ -64,34 +35,34 @@ def runs(tmp_path_factory):
     state = lambda step: json.load(open(os.path.join(out, "run", f"checkpoint-{step}", "trainer_state.json")))  # noqa: E731
     resume_step = next(step for step in checkpoints
                        if state(step)["epoch"] > first_hiding_epoch and state(step)["epoch"] % 1 > 1e-6)
-    _launch(out, "--name", "resumed", "--resume", os.path.join(out, "run", f"checkpoint-{resume_step}"))
+    launch(WORKER, "--out", out, "--name", "resumed", "--resume", os.path.join(out, "run", f"checkpoint-{resume_step}"))
     return out, resume_step
 
 
 def test_ranks_train_one_model_and_hide_learned_rows(runs):
     out, _ = runs
-    records = _records(out, "full")
+    records = read_records(out, "full")
     assert [r["world"]["num_processes"] for r in records] == [2, 2]
     assert all("DISTRIBUTED" in r["world"]["parallel_mode"] for r in records)
     assert records[0]["hidden_sets"] == records[1]["hidden_sets"]
     hidden = set().union(*map(set, records[0]["hidden_sets"].values()))
     assert hidden, "nothing was hidden"
     assert all(i < 30 for i in hidden), "a noise row was hidden"
-    weights = _weights(out, "full")
+    weights = read_weights(out, "full")
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
 
 
 def test_resumed_lm_run_matches_the_uninterrupted_one(runs):
     out, resume_step = runs
-    full, resumed = _records(out, "full"), _records(out, "resumed")
+    full, resumed = read_records(out, "full"), read_records(out, "resumed")
     for rank in range(2):
         after = {s: v for s, v in full[rank]["losses"].items() if int(s) > resume_step}
         assert after == {s: v for s, v in resumed[rank]["losses"].items() if int(s) > resume_step}
         for epoch, hidden in resumed[rank]["hidden_sets"].items():
             assert full[rank]["hidden_sets"][epoch] == hidden
         assert resumed[rank]["global_step"] == full[rank]["global_step"]
-    full_weights, resumed_weights = _weights(out, "full"), _weights(out, "resumed")
+    full_weights, resumed_weights = read_weights(out, "full"), read_weights(out, "resumed")
     for rank in range(2):
         for name in full_weights[rank]:
             assert torch.equal(full_weights[rank][name], resumed_weights[rank][name]), name

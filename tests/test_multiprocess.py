@@ -18,24 +18,18 @@ final weights; the tests compare the ranks' records with each other and with the
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-import torch
-from safetensors.torch import load_file
+from launch import launch_mp_worker
+from mp_records import assert_same_weights, expected_shares, loss_logs, read_records, read_weights, without_timing
 
 from kakurenbo_hf.core.stats import SampleStats
 from kakurenbo_hf.strategies.kakurenbo import KakurenboStrategy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "mp_worker.py")
 NUM_PROCESSES = 2
 BATCH_SIZE = 8  # per device
 NUM_SAMPLES = 150  # not a multiple of NUM_PROCESSES * BATCH_SIZE: even_batches pads
@@ -50,82 +44,16 @@ PLAIN_RUN = dict(F0_RUN, name="plain", trainer="plain")
 AUG_RUN = dict(HIDE_RUN, name="aug", augment=True, save_steps=1)  # every step: mid-epoch and epoch-end ones
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _launch(out: str, runs: list[dict], num_processes: int = NUM_PROCESSES) -> None:
-    launcher = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-    ] if num_processes > 1 else [sys.executable]
-    command = launcher + [WORKER, "--out", out, "--runs", json.dumps(runs)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        pytest.fail(f"accelerate launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
-
-
-def _records(out: str, name: str, num_processes: int = NUM_PROCESSES) -> list[dict]:
-    records = []
-    for rank in range(num_processes):
-        with open(os.path.join(out, name, f"rank{rank}.json")) as handle:
-            records.append(json.load(handle))
-    return records
-
-
-def _weights(out: str, name: str) -> list[dict[str, torch.Tensor]]:
-    return [load_file(os.path.join(out, name, f"weights_rank{rank}.safetensors")) for rank in range(NUM_PROCESSES)]
-
-
-def _assert_same_weights(a: dict, b: dict, what: str) -> None:
-    assert a.keys() == b.keys(), what
-    differing = [key for key in a if not torch.equal(a[key], b[key])]
-    assert not differing, f"{what}: {len(differing)} tensors differ, e.g. {differing[:3]}"
-
-
-def _loss_logs(record: dict, after_step: int = -1) -> list[tuple]:
-    return [(e["step"], e["loss"], e["grad_norm"], e["learning_rate"])
-            for e in record["log_history"] if "loss" in e and e["step"] > after_step]
-
-
-def _expected_shares(order: list[int], num_processes: int, batch_size: int) -> tuple[list[list[int]], int]:
-    """What accelerate's BatchSamplerShard (even_batches, no split) gives each rank from the global order.
-
-    Batch k of the order goes to rank k % P; the tail is padded to a multiple of P full batches by
-    cycling through the first P batches of the order. Returns (per-rank indices, number padded).
-    """
-    padded = list(order)
-    pad = (-len(order)) % (num_processes * batch_size)
-    initial = list(order[: num_processes * batch_size])
-    while len(initial) < num_processes * batch_size:
-        initial += initial
-    padded += initial[:pad]
-    batches = [padded[i : i + batch_size] for i in range(0, len(padded), batch_size)]
-    return [sum(batches[rank::num_processes], []) for rank in range(num_processes)], pad
-
-
-def _without_timing(plans: list[dict]) -> list[dict]:
-    """Epoch plans without their measured refresh and flush times (differ across ranks and runs)."""
-    return [{key: value for key, value in plan.items() if key not in ("refresh_seconds", "flush_seconds")}
-            for plan in plans]
-
-
 @pytest.fixture(scope="module")
 def first(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("mp_first"))
-    _launch(out, [HIDE_RUN, F0_RUN, PLAIN_RUN, AUG_RUN])
+    launch_mp_worker(out, [HIDE_RUN, F0_RUN, PLAIN_RUN, AUG_RUN])
     return out
 
 
 def _mid_epoch_checkpoint(out: str, name: str, num_processes: int = NUM_PROCESSES) -> tuple[str, int, dict]:
     """The last mid-epoch checkpoint of `name` inside a hiding epoch that is not the last one."""
-    record = _records(out, name, num_processes)[0]
+    record = read_records(out, name, num_processes)[0]
     plans = record["plans"]
     candidates = []
     for step in record["checkpoints"]:
@@ -143,13 +71,13 @@ def resume(first, tmp_path_factory):
     checkpoint, step, plan = _mid_epoch_checkpoint(first, "hide")
     assert os.path.isfile(os.path.join(checkpoint, "kakurenbo_state.safetensors"))
     out = str(tmp_path_factory.mktemp("mp_resume"))
-    _launch(out, [dict(HIDE_RUN, name="resume", save_steps=0, resume=checkpoint)])
+    launch_mp_worker(out, [dict(HIDE_RUN, name="resume", save_steps=0, resume=checkpoint)])
     return out, step, plan
 
 
 def test_runs_are_really_distributed(first):
     for name in ("hide", "f0", "plain"):
-        for rank, record in enumerate(_records(first, name)):
+        for rank, record in enumerate(read_records(first, name)):
             world = record["world"]
             assert world["process_index"] == rank
             assert world["num_processes"] == NUM_PROCESSES == world["world_size"]
@@ -158,10 +86,10 @@ def test_runs_are_really_distributed(first):
 
 def test_hidden_sets_identical_across_ranks(first):
     """(a) every rank hides the same samples every epoch, and later epochs do hide something."""
-    records = _records(first, "hide")
+    records = read_records(first, "hide")
     plans = records[0]["plans"]
     assert [p["epoch"] for p in plans] == list(range(EPOCHS))
-    assert _without_timing(records[1]["plans"]) == _without_timing(plans)
+    assert without_timing(records[1]["plans"]) == without_timing(plans)
     for epoch in range(EPOCHS):
         per_rank = [r["epochs"][str(epoch)] for r in records]
         hidden = per_rank[0]["hidden"]
@@ -182,7 +110,7 @@ def test_table_is_sharded_and_selects_as_one_table(first):
     """Each rank holds only its contiguous rows of the statistics table (KAKURENBO is shardable), and the
     hidden set every rank ends with is the whole table's selection: the shards, put back together and
     given to the single-process rule, hide exactly the same samples."""
-    records = _records(first, "hide")
+    records = read_records(first, "hide")
     plans = records[0]["plans"]
     for epoch in range(1, EPOCHS):
         tables = [record["tables"][str(epoch)] for record in records]
@@ -204,7 +132,7 @@ def test_table_is_sharded_and_selects_as_one_table(first):
 
 def test_ranks_share_the_visible_set(first):
     """(b) the ranks' shares are disjoint apart from even_batches padding and cover exactly the visible set."""
-    records = _records(first, "hide")
+    records = read_records(first, "hide")
     padded_epochs = 0
     for epoch in range(EPOCHS):
         per_rank = [r["epochs"][str(epoch)] for r in records]
@@ -212,7 +140,7 @@ def test_ranks_share_the_visible_set(first):
         visible = set(range(NUM_SAMPLES)) - hidden
         order = per_rank[0]["order"]
         assert len(order) == len(visible) and set(order) == visible, f"epoch {epoch}: order is not the visible set"
-        expected, pad = _expected_shares(order, NUM_PROCESSES, BATCH_SIZE)
+        expected, pad = expected_shares(order, NUM_PROCESSES, BATCH_SIZE)
         padded_epochs += pad > 0
         trained = [rank_record["trained"] for rank_record in per_rank]
         for rank in range(NUM_PROCESSES):
@@ -230,29 +158,29 @@ def test_ranks_share_the_visible_set(first):
 def test_final_weights_identical_across_ranks(first):
     """(c) DDP keeps the replicas identical."""
     for name in ("hide", "f0", "plain"):
-        weights = _weights(first, name)
-        _assert_same_weights(weights[0], weights[1], f"{name}: rank 0 vs rank 1")
+        weights = read_weights(first, name)
+        assert_same_weights(weights[0], weights[1], f"{name}: rank 0 vs rank 1")
 
 
 def test_no_hiding_matches_plain_trainer(first):
     """(d) hiding_fraction=0 trains exactly like transformers.Trainer under the same launch."""
-    f0, plain = _records(first, "f0"), _records(first, "plain")
+    f0, plain = read_records(first, "f0"), read_records(first, "plain")
     for rank in range(NUM_PROCESSES):
         assert f0[rank]["steps"] == plain[rank]["steps"], f"rank {rank}: per-step losses differ"
-        assert _loss_logs(f0[rank]) == _loss_logs(plain[rank]), f"rank {rank}: logged losses differ"
+        assert loss_logs(f0[rank]) == loss_logs(plain[rank]), f"rank {rank}: logged losses differ"
         assert f0[rank]["global_step"] == plain[rank]["global_step"]
         assert f0[rank]["state_epoch"] == plain[rank]["state_epoch"] == F0_RUN["epochs"]
         assert f0[rank]["refresh"] == []
         assert all(e["hidden"] == [] for e in f0[rank]["epochs"].values())
     assert len(f0[0]["steps"]) == F0_RUN["epochs"] * -(-NUM_SAMPLES // (NUM_PROCESSES * BATCH_SIZE))
-    f0_weights, plain_weights = _weights(first, "f0"), _weights(first, "plain")
+    f0_weights, plain_weights = read_weights(first, "f0"), read_weights(first, "plain")
     for rank in range(NUM_PROCESSES):
-        _assert_same_weights(f0_weights[rank], plain_weights[rank], f"rank {rank}: f0 vs plain Trainer")
+        assert_same_weights(f0_weights[rank], plain_weights[rank], f"rank {rank}: f0 vs plain Trainer")
 
 
 def test_refresh_is_split_across_ranks(first):
     """(e) each rank refreshes its own slice of last epoch's hidden samples; together all of them."""
-    records = _records(first, "hide")
+    records = read_records(first, "hide")
     refreshes = [r["refresh"] for r in records]
     assert len(refreshes[0]) == len(refreshes[1]) == EPOCHS - 2  # before every epoch after the first hiding one
     for passes in zip(*refreshes):
@@ -271,7 +199,7 @@ def test_refresh_is_split_across_ranks(first):
 def test_resume_in_two_processes_is_exact(first, resume):
     """(f) resuming from a mid-epoch checkpoint in a fresh launch reproduces the uninterrupted run."""
     out, step, plan = resume
-    full, resumed = _records(first, "hide"), _records(out, "resume")
+    full, resumed = read_records(first, "hide"), read_records(out, "resume")
     epoch = plan["epoch"]
     done = step - plan["start_step"]
     for rank in range(NUM_PROCESSES):
@@ -285,24 +213,24 @@ def test_resume_in_two_processes_is_exact(first, resume):
             skipped = done * BATCH_SIZE if e == epoch else 0
             assert g["trained"] == w["trained"][skipped:], f"rank {rank}, epoch {e}: trained other samples"
         assert got["refresh"] == [r for r in want["refresh"] if r["before_epoch"] > epoch]
-        assert _without_timing(got["plans"]) == _without_timing(want["plans"])
+        assert without_timing(got["plans"]) == without_timing(want["plans"])
         assert got["steps"][0][0] == step, "the resumed run did not start at the checkpoint's step"
         assert got["steps"] == [s for s in want["steps"] if s[0] >= step], f"rank {rank}: per-step losses differ"
         # The log history up to the checkpoint comes back from its trainer_state.json.
-        assert _loss_logs(got) == _loss_logs(want), f"rank {rank}: logged losses differ"
-        assert _loss_logs(got, after_step=step), "the resumed run logged no loss"
+        assert loss_logs(got) == loss_logs(want), f"rank {rank}: logged losses differ"
+        assert loss_logs(got, after_step=step), "the resumed run logged no loss"
         assert got["global_step"] == want["global_step"]
         assert got["state_epoch"] == pytest.approx(want["state_epoch"])
-    resumed_weights, full_weights = _weights(out, "resume"), _weights(first, "hide")
-    _assert_same_weights(resumed_weights[0], resumed_weights[1], "resume: rank 0 vs rank 1")
+    resumed_weights, full_weights = read_weights(out, "resume"), read_weights(first, "hide")
+    assert_same_weights(resumed_weights[0], resumed_weights[1], "resume: rank 0 vs rank 1")
     for rank in range(NUM_PROCESSES):
-        _assert_same_weights(resumed_weights[rank], full_weights[rank], f"rank {rank}: resumed vs uninterrupted")
+        assert_same_weights(resumed_weights[rank], full_weights[rank], f"rank {rank}: resumed vs uninterrupted")
 
 
 def test_refresh_runs_equal_forward_counts_on_every_rank(first):
     """Under FSDP / ZeRO-3 every forward is a collective: ranks must run as many, of the same size."""
     for name in ("hide", "aug"):
-        records = _records(first, name)
+        records = read_records(first, name)
         for passes in zip(*(r["refresh"] for r in records)):
             forwards = [p["forwards"] for p in passes]
             assert all(f == forwards[0] for f in forwards), f"{name}: refresh forwards differ across ranks: {forwards}"
@@ -314,7 +242,7 @@ def test_refresh_runs_equal_forward_counts_on_every_rank(first):
 
 @pytest.fixture(scope="module")
 def aug_resume(first, tmp_path_factory):
-    records = _records(first, "aug")
+    records = read_records(first, "aug")
     mid, mid_step, _ = _mid_epoch_checkpoint(first, "aug")
     # The last step of an epoch before a later hiding epoch: the resume starts with that epoch's refresh.
     plans = records[0]["plans"]
@@ -322,8 +250,8 @@ def aug_resume(first, tmp_path_factory):
                     if (p["start_step"] + p["update_steps"]) in records[0]["checkpoints"])
     end = os.path.join(first, "aug", "output", f"checkpoint-{end_step}")
     out = str(tmp_path_factory.mktemp("mp_aug_resume"))
-    _launch(out, [dict(AUG_RUN, name="mid", save_steps=0, resume=mid),
-                  dict(AUG_RUN, name="end", save_steps=0, resume=end)])
+    launch_mp_worker(out, [dict(AUG_RUN, name="mid", save_steps=0, resume=mid),
+                           dict(AUG_RUN, name="end", save_steps=0, resume=end)])
     return out, {"mid": mid_step, "end": end_step}
 
 
@@ -331,12 +259,12 @@ def aug_resume(first, tmp_path_factory):
 def test_resume_with_random_augmentation_is_exact_in_two_processes(first, aug_resume, where):
     out, steps = aug_resume
     step = steps[where]
-    full, resumed = _records(first, "aug"), _records(out, where)
+    full, resumed = read_records(first, "aug"), read_records(out, where)
     for rank in range(NUM_PROCESSES):
         assert resumed[rank]["steps"] == [s for s in full[rank]["steps"] if s[0] >= step], f"rank {rank}: losses differ"
-        assert _without_timing(resumed[rank]["plans"]) == _without_timing(full[rank]["plans"])
-    for rank, (got, want) in enumerate(zip(_weights(out, where), _weights(first, "aug"))):
-        _assert_same_weights(got, want, f"aug {where}: rank {rank} resumed vs uninterrupted")
+        assert without_timing(resumed[rank]["plans"]) == without_timing(full[rank]["plans"])
+    for rank, (got, want) in enumerate(zip(read_weights(out, where), read_weights(first, "aug"))):
+        assert_same_weights(got, want, f"aug {where}: rank {rank} resumed vs uninterrupted")
 
 
 # --- resume on another number of processes --------------------------------------------------
@@ -372,24 +300,24 @@ def _check_resumed_in_new_world(original: list[dict], resumed: list[dict], step:
 def two_to_one(first, tmp_path_factory):
     checkpoint, step, plan = _mid_epoch_checkpoint(first, "hide")
     out = str(tmp_path_factory.mktemp("mp_two_to_one"))
-    _launch(out, [dict(HIDE_RUN, name="two_to_one", save_steps=0, resume=checkpoint)], num_processes=1)
+    launch_mp_worker(out, [dict(HIDE_RUN, name="two_to_one", save_steps=0, resume=checkpoint)], num_processes=1)
     return out, step, plan
 
 
 def test_resume_from_two_processes_in_one(first, two_to_one):
     out, step, plan = two_to_one
-    _check_resumed_in_new_world(_records(first, "hide"), _records(out, "two_to_one", 1), step, plan, 2)
+    _check_resumed_in_new_world(read_records(first, "hide"), read_records(out, "two_to_one", 1), step, plan, 2)
 
 
 @pytest.fixture(scope="module")
 def one_to_two(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("mp_solo"))
-    _launch(out, [dict(HIDE_RUN, name="solo", save_steps=9)], num_processes=1)
+    launch_mp_worker(out, [dict(HIDE_RUN, name="solo", save_steps=9)], num_processes=1)
     checkpoint, step, plan = _mid_epoch_checkpoint(out, "solo", 1)
-    _launch(out, [dict(HIDE_RUN, name="one_to_two", save_steps=0, resume=checkpoint)])
+    launch_mp_worker(out, [dict(HIDE_RUN, name="one_to_two", save_steps=0, resume=checkpoint)])
     return out, step, plan
 
 
 def test_resume_from_one_process_in_two(one_to_two):
     out, step, plan = one_to_two
-    _check_resumed_in_new_world(_records(out, "solo", 1), _records(out, "one_to_two"), step, plan, 1)
+    _check_resumed_in_new_world(read_records(out, "solo", 1), read_records(out, "one_to_two"), step, plan, 1)

@@ -7,12 +7,12 @@ test (stable argsort, exact fractions, hand-made tables).
 from __future__ import annotations
 
 import math
-import sys
 import textwrap
 from fractions import Fraction
 
 import numpy as np
 import pytest
+from stats_helpers import make_stats
 
 from kakurenbo_hf.core.config import KakurenboArguments
 from kakurenbo_hf.core.engine import STATE_FORMAT_VERSION, HidingEngine
@@ -25,7 +25,6 @@ from kakurenbo_hf.strategies import (
     build_strategy,
     register_strategy,
 )
-from kakurenbo_hf.strategies import base as strategies_base
 from kakurenbo_hf.strategies.base import num_candidates
 from kakurenbo_hf.strategies.kakurenbo import KakurenboStrategy, lowest_loss_mask
 from kakurenbo_hf.strategies.random import RandomStrategy
@@ -33,13 +32,6 @@ from kakurenbo_hf.strategies.random import RandomStrategy
 
 def reference_lowest(loss: np.ndarray, k: int) -> set[int]:
     return set(np.argsort(loss, kind="stable")[:k].tolist())
-
-
-def make_stats(loss, correct, confidence) -> SampleStats:
-    loss = np.asarray(loss, dtype=np.float32)
-    stats = SampleStats(loss.shape[0])
-    stats.update(np.arange(loss.shape[0]), loss, np.asarray(confidence, dtype=np.float32), np.asarray(correct, bool))
-    return stats
 
 
 def reference_kakurenbo(stats: SampleStats, fraction: float, tau: float) -> np.ndarray:
@@ -291,18 +283,6 @@ def test_build_unknown_strategy_raises():
         build_strategy("nope")
 
 
-@pytest.fixture
-def clean_registry():
-    before = dict(strategies_base._REGISTRY)
-    modules_before = set(sys.modules)
-    yield
-    strategies_base._REGISTRY.clear()
-    strategies_base._REGISTRY.update(before)
-    for name in set(sys.modules) - modules_before:
-        if name.startswith("kakurenbo_hf.strategies."):
-            del sys.modules[name]
-
-
 def test_register_strategy_in_test(clean_registry):
     @register_strategy("test_only")
     class HideEven(HidingStrategy):
@@ -328,6 +308,68 @@ def test_register_strategy_in_test(clean_registry):
         @register_strategy("test_only")
         class Other(HideEven):
             pass
+
+
+def test_a_strategy_defined_in_a_test_module_runs_in_the_engine_with_no_other_file(clean_registry):
+    """Everything the package asks of a strategy comes from the registry and the class: the arguments'
+    validation calls its `validate_arguments`, the engine follows its flags (its own hidden count, no
+    refresh, its LR rule, loss weights), wires its `observe` and checkpoints its state."""
+
+    @register_strategy("hide_below_median_tmp")
+    class HideBelowMedian(HidingStrategy):
+        uses_hiding_fraction = False  # hides as many as its rule says
+        refreshes_hidden = False
+        lr_compensation = "none"
+        uses_loss_weights = True
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.records = np.zeros(self.num_samples, dtype=np.int64)
+
+        @classmethod
+        def validate_arguments(cls, arguments):
+            if arguments.hiding_warmup_epochs != 1:
+                raise ValueError("hiding_warmup_epochs must be 1 for hide_below_median_tmp")
+
+        def observe(self, stats, indices, loss, confidence, correct):
+            np.add.at(self.records, indices, 1)
+
+        def select(self, stats, target_fraction, epoch):
+            hidden = stats.loss < np.median(stats.loss)
+            weights = np.where(hidden, 0.0, 2.0).astype(np.float32)
+            return HidingDecision(hidden=hidden, num_candidates=int(hidden.sum()), moved_back=0, weights=weights)
+
+        def state_dict(self):
+            return {"records": self.records.copy()}
+
+        def load_state_dict(self, state):
+            self.records = np.asarray(state["records"]).copy()
+
+    assert "hide_below_median_tmp" in available_strategies()
+    with pytest.raises(ValueError, match="hiding_warmup_epochs"):
+        KakurenboArguments(hiding_strategy="hide_below_median_tmp", hiding_warmup_epochs=2)
+    args = KakurenboArguments(hiding_strategy="hide_below_median_tmp", hiding_fraction=0.2, lr_compensation="target",
+                              hiding_decay_milestones=[], hiding_decay_factors=[])
+    engine = HidingEngine(8, num_epochs=3, arguments=args)
+    assert isinstance(engine.strategy, HideBelowMedian) and not engine.strategy.is_shardable()
+    engine.stats.update(np.arange(8), np.arange(8, dtype=np.float32), np.ones(8), np.ones(8, dtype=bool))
+    assert engine.strategy.records.tolist() == [1] * 8  # observed before the table took the values
+    plan = engine.plan_epoch(1)
+    assert np.flatnonzero(engine.hidden).tolist() == [0, 1, 2, 3]  # more than floor(0.2 * 8): its own count
+    assert plan.num_hidden == 4 and plan.lr_factor == 1.0 and engine.lr_compensation == "none"
+    assert engine.weights.tolist() == [0.0] * 4 + [2.0] * 4
+    assert engine.samples_to_refresh(2).size == 0  # refresh_hidden=True asked, the strategy needs none
+    resumed = HidingEngine(8, num_epochs=3, arguments=args)
+    resumed.load_state_dict(engine.state_dict())
+    assert resumed.strategy.records.tolist() == [1] * 8
+    assert np.array_equal(resumed.hidden, engine.hidden)
+
+
+def test_argument_or_default_reads_a_setting_or_its_default():
+    from kakurenbo_hf.strategies.toolkit import argument_or_default
+
+    assert argument_or_default(KakurenboArguments(hiding_strategy="ucb", ucb_decay=0.5), "ucb_decay") == 0.5
+    assert argument_or_default(None, "ucb_decay") == KakurenboArguments().ucb_decay
 
 
 def test_new_strategy_is_a_one_file_change(clean_registry, tmp_path, monkeypatch):

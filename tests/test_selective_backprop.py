@@ -21,20 +21,29 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import collate, make_image_dataset, make_vit
+from helpers import (
+    collate,
+    logged,
+    make_bert,
+    make_image_dataset,
+    make_text_dataset,
+    make_vit,
+    pad_collate,
+    training_args,
+)
 from lm_helpers import lm_dataset, tiny_gpt2
-from test_drop_in import make_bert, make_text_dataset, pad_collate
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainingArguments
 
-from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
+from kakurenbo_hf import KakurenboTrainer
 from kakurenbo_hf.distributed.checkpoint import rank_state_file_name
 from kakurenbo_hf.core.config import KakurenboArguments
 from kakurenbo_hf.hf.indexing import SAMPLE_INDEX_KEY
 from kakurenbo_hf.core.stats import SampleStats, per_sample_statistics
 from kakurenbo_hf.strategies import build_strategy
-from kakurenbo_hf.strategies.selective_backprop import BackpropSelector, take_rows
+from kakurenbo_hf.hf.batch_selection import take_rows
+from kakurenbo_hf.strategies.selective_backprop import BackpropSelector
 
 torch.set_num_threads(1)
 
@@ -189,8 +198,8 @@ def test_take_rows_slices_every_per_sample_entry():
 
 # --- 2. training ----------------------------------------------------------------------------------
 
-COMMON = dict(learning_rate=3e-3, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no", seed=7,
-              disable_tqdm=True, dataloader_pin_memory=False, num_train_epochs=3, lr_scheduler_type="linear")
+# On top of helpers.TINY_RUN (each run sets its batch size): `training_args(out, COMMON, ...)`.
+COMMON = dict(lr_scheduler_type="linear")
 SB = dict(hiding_strategy="selective_backprop", selective_backprop_beta=1.0)
 
 
@@ -286,13 +295,9 @@ class ReplayTrainer(Trainer):
         return DataLoader(self.replay, batch_size=None, collate_fn=lambda batch: batch)
 
 
-def logged(trainer, key):
-    return [(entry["step"], entry[key]) for entry in trainer.state.log_history if key in entry]
-
-
 def _selective_run(tmp_path, name, **overrides):
     make_model, data, collator, extra, statistics = _case(name)
-    arguments = KakurenboTrainingArguments(output_dir=str(tmp_path / "sb"), **dict(COMMON, **extra, **SB, **overrides))
+    arguments = training_args(tmp_path / "sb", COMMON, **extra, **SB, **overrides)
     trainer = RecordingSelectiveTrainer(model=make_model(), args=arguments, train_dataset=data,
                                         data_collator=collator, per_sample_statistics_fn=statistics)
     trainer.train()
@@ -313,8 +318,8 @@ def test_each_step_is_the_plain_trainers_step_on_the_kept_rows(tmp_path, name):
     assert min(kept) >= 1 and sum(kept) < 0.8 * len(data) * 2, kept  # beta = 1: about half backpropagated
     per_epoch = len(ours.steps) // 3
     plain = ReplayTrainer(model=make_model(), train_dataset=data, batches=[step["inputs"] for step in ours.steps],
-                          per_epoch=per_epoch, args=TrainingArguments(output_dir=str(tmp_path / "plain"),
-                                                                      **dict(COMMON, **extra)))
+                          per_epoch=per_epoch,
+                          args=training_args(tmp_path / "plain", COMMON, cls=TrainingArguments, **extra))
     plain.train()
     assert plain.replay.served == len(ours.steps)
     assert logged(ours, "loss") == logged(plain, "loss") and len(logged(ours, "loss")) == plain.state.global_step
@@ -346,7 +351,7 @@ def test_scoring_pass_is_eval_mode_without_gradients_and_records_every_sample(tm
 
     make_model, data, collator, extra, _ = _case("batchnorm")
     model = make_model()
-    arguments = KakurenboTrainingArguments(output_dir=str(tmp_path), **dict(COMMON, **extra, **SB))
+    arguments = training_args(tmp_path, COMMON, **extra, **SB)
     trainer = RecordingSelectiveTrainer(model=model, args=arguments, train_dataset=data, data_collator=collator,
                                         per_sample_statistics_fn=spying)
     trainer.train()
@@ -367,7 +372,7 @@ def test_fraction_zero_is_the_plain_trainer(tmp_path):
     ours, (make_model, data, extra) = _selective_run(tmp_path, "vit_dropout", hiding_fraction=0.0)
     assert all(len(step["rows"]) == 16 for step in ours.steps)
     plain = Trainer(model=make_model(), train_dataset=data, data_collator=collate,
-                    args=TrainingArguments(output_dir=str(tmp_path / "plain"), **dict(COMMON, **extra)))
+                    args=training_args(tmp_path / "plain", COMMON, cls=TrainingArguments, **extra))
     plain.train()
     assert logged(ours, "loss") == logged(plain, "loss")
 
@@ -386,8 +391,7 @@ def test_batch_that_cannot_be_split_by_sample_is_refused_before_training(tmp_pat
         def forward(self, pixel_values, labels=None, class_weights=None):
             return self.vit(pixel_values=pixel_values, labels=labels)
 
-    arguments = KakurenboTrainingArguments(output_dir=str(tmp_path), remove_unused_columns=False,
-                                           **dict(COMMON, per_device_train_batch_size=16, **SB))
+    arguments = training_args(tmp_path, COMMON, remove_unused_columns=False, per_device_train_batch_size=16, **SB)
     trainer = KakurenboTrainer(model=WeightedVit(), args=arguments, train_dataset=make_image_dataset(32),
                                data_collator=with_global_tensor, per_sample_statistics_fn=lambda o, l: per_sample_statistics(o.logits, l))
     with pytest.raises(ValueError, match="'class_weights' has shape \\(4,\\)"):
@@ -399,9 +403,8 @@ def test_batch_that_cannot_be_split_by_sample_is_refused_before_training(tmp_pat
 
 
 def _resumable(out, resume=None):
-    arguments = KakurenboTrainingArguments(
-        output_dir=str(out), **dict(COMMON, per_device_train_batch_size=16, save_strategy="steps", save_steps=4,
-                                    num_train_epochs=4, **SB))
+    arguments = training_args(out, COMMON, per_device_train_batch_size=16, save_strategy="steps", save_steps=4,
+                              num_train_epochs=4, **SB)
     trainer = RecordingSelectiveTrainer(model=make_vit(seed=3, hidden_dropout_prob=0.1), args=arguments,
                                         train_dataset=make_image_dataset(96, noise=1.5), data_collator=collate)
     trainer.train(resume_from_checkpoint=resume)
@@ -427,7 +430,7 @@ def test_resume_mid_epoch_is_exact(full_run, tmp_path):
     assert rows(resumed) == rows(full)
     full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(full_state[key], resumed_state[key]) for key in full_state)
-    assert np.array_equal(resumed._batch_selector.history, full._batch_selector.history)
+    assert np.array_equal(resumed.hiding_controller.batch_selection.selector.history, full.hiding_controller.batch_selection.selector.history)
 
 
 def test_resume_without_the_loss_history_warns_and_a_broken_one_is_refused(full_run, tmp_path, caplog):

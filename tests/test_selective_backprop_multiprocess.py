@@ -16,8 +16,9 @@ import os
 
 import numpy as np
 import pytest
+from launch import launch_mp_worker
+from mp_records import assert_same_weights, expected_shares, loss_logs, read_records, read_weights
 from safetensors.numpy import load_file
-from test_multiprocess import _assert_same_weights, _expected_shares, _launch, _loss_logs, _records, _weights
 
 from kakurenbo_hf.distributed.checkpoint import rank_state_file_name
 
@@ -37,7 +38,7 @@ SB_RUN = dict(name="sb", model="vit", num_samples=NUM_SAMPLES, epochs=EPOCHS, ba
 @pytest.fixture(scope="module")
 def first(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("sb_mp_first"))
-    _launch(out, [SB_RUN, dict(SB_RUN, name="sb_again", save_steps=0)])
+    launch_mp_worker(out, [SB_RUN, dict(SB_RUN, name="sb_again", save_steps=0)])
     return out
 
 
@@ -45,7 +46,7 @@ def first(tmp_path_factory):
 def resumed(first, tmp_path_factory):
     checkpoint = os.path.join(first, "sb", "output", f"checkpoint-{CHECKPOINT_STEP}")
     out = str(tmp_path_factory.mktemp("sb_mp_resume"))
-    _launch(out, [dict(SB_RUN, name="sb_resume", save_steps=0, resume=checkpoint)])
+    launch_mp_worker(out, [dict(SB_RUN, name="sb_resume", save_steps=0, resume=checkpoint)])
     return out
 
 
@@ -55,12 +56,12 @@ def _is_subsequence(part: list[int], whole: list[int]) -> bool:
 
 
 def test_every_rank_backpropagates_a_subset_of_its_own_batches_every_step(first):
-    records = _records(first, "sb")
+    records = read_records(first, "sb")
     kept_total = 0
     for epoch in range(EPOCHS):
         order = records[0]["epochs"][str(epoch)]["order"]
         assert records[1]["epochs"][str(epoch)]["order"] == order
-        shares, _ = _expected_shares(order, NUM_PROCESSES, BATCH_SIZE)
+        shares, _ = expected_shares(order, NUM_PROCESSES, BATCH_SIZE)
         for rank, record in enumerate(records):
             assert record["world"]["num_processes"] == NUM_PROCESSES
             assert record["world"]["parallel_mode"] == "ParallelMode.DISTRIBUTED"
@@ -81,14 +82,14 @@ def test_every_rank_backpropagates_a_subset_of_its_own_batches_every_step(first)
 
 
 def test_ranks_end_with_the_same_weights_and_the_run_is_deterministic(first):
-    weights = _weights(first, "sb")
-    _assert_same_weights(weights[0], weights[1], "sb: rank 0 vs rank 1")
-    again = _weights(first, "sb_again")
-    _assert_same_weights(weights[0], again[0], "sb vs sb_again")
-    for rank, (record, repeat) in enumerate(zip(_records(first, "sb"), _records(first, "sb_again"))):
+    weights = read_weights(first, "sb")
+    assert_same_weights(weights[0], weights[1], "sb: rank 0 vs rank 1")
+    again = read_weights(first, "sb_again")
+    assert_same_weights(weights[0], again[0], "sb vs sb_again")
+    for rank, (record, repeat) in enumerate(zip(read_records(first, "sb"), read_records(first, "sb_again"))):
         assert record["epochs"] == repeat["epochs"], f"rank {rank}: another selection in the same run"
         assert record["steps"] == repeat["steps"]
-    assert _loss_logs(_records(first, "sb")[0]) == _loss_logs(_records(first, "sb_again")[0])
+    assert loss_logs(read_records(first, "sb")[0]) == loss_logs(read_records(first, "sb_again")[0])
 
 
 def test_each_rank_checkpoints_its_own_loss_history(first):
@@ -102,13 +103,13 @@ def test_each_rank_checkpoints_its_own_loss_history(first):
 
 
 def test_resume_in_two_processes_is_exact(first, resumed):
-    full, again = _records(first, "sb"), _records(resumed, "sb_resume")
+    full, again = read_records(first, "sb"), read_records(resumed, "sb_resume")
     for rank in range(NUM_PROCESSES):
-        assert _loss_logs(again[rank], CHECKPOINT_STEP) == _loss_logs(full[rank], CHECKPOINT_STEP)
-        assert _loss_logs(again[rank], CHECKPOINT_STEP)
+        assert loss_logs(again[rank], CHECKPOINT_STEP) == loss_logs(full[rank], CHECKPOINT_STEP)
+        assert loss_logs(again[rank], CHECKPOINT_STEP)
         for epoch in (1, 2):
             tail = again[rank]["epochs"][str(epoch)]["trained"]
             assert tail and full[rank]["epochs"][str(epoch)]["trained"][-len(tail):] == tail
-    resumed_weights, full_weights = _weights(resumed, "sb_resume"), _weights(first, "sb")
+    resumed_weights, full_weights = read_weights(resumed, "sb_resume"), read_weights(first, "sb")
     for rank in range(NUM_PROCESSES):
-        _assert_same_weights(resumed_weights[rank], full_weights[rank], f"resumed vs uninterrupted, rank {rank}")
+        assert_same_weights(resumed_weights[rank], full_weights[rank], f"resumed vs uninterrupted, rank {rank}")

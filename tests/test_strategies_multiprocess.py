@@ -17,8 +17,8 @@ import os
 from fractions import Fraction
 
 import pytest
-from safetensors.torch import load_file
-from test_multiprocess import _assert_same_weights, _launch, _loss_logs, _records, _without_timing
+from launch import launch_mp_worker
+from mp_records import assert_same_weights, loss_logs, read_records, read_weights, without_timing
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -41,12 +41,8 @@ def _run(name: str, num_processes: int, **extra) -> dict:
     return {**spec, **extra}
 
 
-def _weights(out: str, name: str, num_processes: int) -> list[dict]:
-    return [load_file(os.path.join(out, name, f"weights_rank{rank}.safetensors")) for rank in range(num_processes)]
-
-
 def _epoch_one_checkpoint(out: str, name: str, num_processes: int) -> tuple[str, int, dict]:
-    record = _records(out, name, num_processes)[0]
+    record = read_records(out, name, num_processes)[0]
     plan = record["plans"][1]
     inside = [s for s in record["checkpoints"] if plan["start_step"] < s < plan["start_step"] + plan["update_steps"]]
     assert inside, f"{name}: no checkpoint inside epoch 1 ({plan}); change SAVE_STEPS"
@@ -58,25 +54,25 @@ def runs(request, tmp_path_factory):
     """(num_processes, folder of the uninterrupted runs, folder of the resumed runs, checkpoint steps)."""
     num_processes = request.param
     out = str(tmp_path_factory.mktemp(f"strategies_{num_processes}proc"))
-    _launch(out, [_run(name, num_processes) for name in STRATEGIES], num_processes=num_processes)
+    launch_mp_worker(out, [_run(name, num_processes) for name in STRATEGIES], num_processes=num_processes)
     resumed, steps = os.path.join(out, "resumed"), {}
     specs = []
     for name in STRATEGIES:
         checkpoint, steps[name], _ = _epoch_one_checkpoint(out, name, num_processes)
         specs.append(_run(name, num_processes, save_steps=0, resume=checkpoint))
-    _launch(resumed, specs, num_processes=num_processes)
+    launch_mp_worker(resumed, specs, num_processes=num_processes)
     return num_processes, out, resumed, steps
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_rank_takes_the_same_decision(runs, name):
     num_processes, out, _, _ = runs
-    records = _records(out, name, num_processes)
+    records = read_records(out, name, num_processes)
     plans = records[0]["plans"]
     assert [p["epoch"] for p in plans] == list(range(EPOCHS))
     for rank, record in enumerate(records):
         assert record["world"]["num_processes"] == num_processes
-        assert _without_timing(record["plans"]) == _without_timing(plans), f"rank {rank}: plans differ"
+        assert without_timing(record["plans"]) == without_timing(plans), f"rank {rank}: plans differ"
         for epoch in range(EPOCHS):
             mine, first = record["epochs"][str(epoch)], records[0]["epochs"][str(epoch)]
             assert mine["hidden"] == first["hidden"], f"rank {rank}, epoch {epoch}: hidden sets differ"
@@ -84,13 +80,13 @@ def test_every_rank_takes_the_same_decision(runs, name):
             assert mine["order"] == first["order"], f"rank {rank}, epoch {epoch}: orders differ"
             assert not set(mine["trained"]) & set(mine["hidden"]), f"rank {rank}, epoch {epoch}: trained a hidden one"
     if num_processes > 1:
-        _assert_same_weights(*_weights(out, name, num_processes)[:2], f"{name}: rank 0 vs rank 1")
+        assert_same_weights(*read_weights(out, name, num_processes)[:2], f"{name}: rank 0 vs rank 1")
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_hidden_counts_follow_the_rule_in_training(runs, name):
     num_processes, out, _, _ = runs
-    record = _records(out, name, num_processes)[0]
+    record = read_records(out, name, num_processes)[0]
     plans, epochs = record["plans"], record["epochs"]
     assert epochs["0"]["hidden"] == []  # warm-up
     if name == "forget":
@@ -111,7 +107,7 @@ def test_hidden_counts_follow_the_rule_in_training(runs, name):
 def test_resume_from_a_checkpoint_is_the_uninterrupted_run(runs, name):
     num_processes, out, resumed_out, steps = runs
     step = steps[name]
-    full, resumed = _records(out, name, num_processes), _records(resumed_out, name, num_processes)
+    full, resumed = read_records(out, name, num_processes), read_records(resumed_out, name, num_processes)
     done = (step - full[0]["plans"][1]["start_step"]) * 8  # samples of epoch 1 each rank trained before it
     for rank in range(num_processes):
         got, want = resumed[rank], full[rank]
@@ -122,10 +118,10 @@ def test_resume_from_a_checkpoint_is_the_uninterrupted_run(runs, name):
             assert g["order"] == w["order"], f"rank {rank}, epoch {epoch}: orders differ after resume"
             skipped = done if epoch == 1 else 0
             assert g["trained"] == w["trained"][skipped:], f"rank {rank}, epoch {epoch}: trained other samples"
-        assert _without_timing(got["plans"]) == _without_timing(want["plans"])
+        assert without_timing(got["plans"]) == without_timing(want["plans"])
         assert got["steps"][0][0] == step
         assert got["steps"] == [s for s in want["steps"] if s[0] >= step], f"rank {rank}: per-step losses differ"
-        assert _loss_logs(got) == _loss_logs(want), f"rank {rank}: logged losses differ"
-    for rank, (got, want) in enumerate(zip(_weights(resumed_out, name, num_processes),
-                                          _weights(out, name, num_processes))):
-        _assert_same_weights(got, want, f"{name}: rank {rank} resumed vs uninterrupted")
+        assert loss_logs(got) == loss_logs(want), f"rank {rank}: logged losses differ"
+    for rank, (got, want) in enumerate(zip(read_weights(resumed_out, name, num_processes),
+                                          read_weights(out, name, num_processes))):
+        assert_same_weights(got, want, f"{name}: rank {rank} resumed vs uninterrupted")

@@ -477,6 +477,36 @@ def test_wrong_shapes_for_an_explicit_task_are_refused():
     assert tasks.statistics_for_task("seq2seq_lm", min_accuracy=0.8).min_accuracy == 0.8
 
 
+# --- the task table --------------------------------------------------------------------------
+
+
+def test_one_task_table_gives_names_detection_weighting_and_docs():
+    from kakurenbo_hf.tasks.weighting import WEIGHTED_TASKS
+
+    names = [cls.task for cls in tasks.TASK_CLASSES]
+    assert len(set(names)) == len(names) and list(tasks.TASKS) == names
+    assert all(isinstance(cls.row, tasks.TaskRow) for cls in tasks.TASK_CLASSES)
+    assert set(WEIGHTED_TASKS) == {"single_label_classification", "causal_lm", "seq2seq_lm", "masked_lm",
+                                   "token_classification"}
+    assert set(WEIGHTED_TASKS) == {cls.task for cls in tasks.TASK_CLASSES if cls.weightable}
+    for name in names:  # every task is built by name, and says its name
+        assert tasks.statistics_for_task(name).task == name
+    # the explicit form of the aligned token tasks still works
+    assert isinstance(tasks.statistics_for_task("seq2seq_lm"), TokenStatistics)
+    assert TokenStatistics(task="masked_lm").confidence == tasks.MaskedLMStatistics().confidence == "accuracy"
+    assert tasks.__doc__ is None or tasks.task_table() in tasks.__doc__
+
+
+def test_the_readme_task_table_is_the_rendered_one():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text().splitlines()
+    header = tasks.task_table().splitlines()[0]
+    start = readme.index(header)
+    end = next(i for i in range(start, len(readme)) if not readme[i].startswith("|"))
+    assert sorted(readme[start:end]) == sorted(tasks.task_table().splitlines())
+
+
 def test_the_package_does_not_import_transformers():
     import subprocess
     import sys

@@ -17,18 +17,17 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
 
+from helpers import training_args
 from lm_helpers import LENGTH, lm_dataset, tiny_gpt2
 
 
-def lm_args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), num_train_epochs=6, per_device_train_batch_size=8,
-                  learning_rate=1e-2, report_to="none", save_strategy="no", use_cpu=True, logging_strategy="epoch",
-                  hiding_fraction=0.5, disable_tqdm=True, seed=0, dataloader_num_workers=0,
-                  # the paper's decay and a quarter refresh: the step numbers below (checkpoints) follow them
-                  hiding_decay_milestones=[1 / 3, 2 / 3, 8 / 9], hiding_decay_factors=[0.8, 0.6, 0.4],
-                  refresh_fraction=0.25, refresh_budget=float("inf"))
-    values.update(overrides)
-    return KakurenboTrainingArguments(**values)
+# The LM runs' defaults on top of helpers.TINY_RUN: `training_args(tmp_path / "out", LM_RUN, ...)`.
+LM_RUN = dict(num_train_epochs=6, per_device_train_batch_size=8, learning_rate=1e-2, report_to="none",
+              save_strategy="no", use_cpu=True, logging_strategy="epoch", hiding_fraction=0.5, disable_tqdm=True,
+              seed=0, dataloader_num_workers=0,
+              # the paper's decay and a quarter refresh: the step numbers below (checkpoints) follow them
+              hiding_decay_milestones=[1 / 3, 2 / 3, 8 / 9], hiding_decay_factors=[0.8, 0.6, 0.4],
+              refresh_fraction=0.25, refresh_budget=float("inf"))
 
 
 def hidden_per_epoch(trainer):
@@ -37,10 +36,8 @@ def hidden_per_epoch(trainer):
 
 def record_hidden(trainer_cls):
     class Recording(trainer_cls):
-        def _plan_epoch(self, model, epoch):
-            plan = super()._plan_epoch(model, epoch)
+        def on_epoch_plan(self, plan):
             self.__dict__.setdefault("hidden_sets", []).append(np.flatnonzero(self.hiding_engine.hidden).tolist())
-            return plan
 
     return Recording
 
@@ -50,7 +47,8 @@ def record_hidden(trainer_cls):
 
 def test_causal_lm_hides_learned_samples_and_never_noise(tmp_path):
     data = lm_dataset()
-    trainer = record_hidden(KakurenboTrainer)(model=tiny_gpt2(), args=lm_args(tmp_path), train_dataset=data)
+    trainer = record_hidden(KakurenboTrainer)(model=tiny_gpt2(), args=training_args(tmp_path / "out", LM_RUN),
+                                              train_dataset=data)
     trainer.train()
     stats = trainer.hiding_engine.stats
     assert stats.num_seen == len(data)
@@ -80,9 +78,10 @@ def test_causal_lm_at_f0_is_bit_identical_to_the_plain_trainer(tmp_path):
 
 def test_causal_lm_resume_is_exact(tmp_path):
     data = lm_dataset()
-    full = record_hidden(KakurenboTrainer)(model=tiny_gpt2(), args=lm_args(tmp_path / "a", save_strategy="steps",
-                                                                           save_steps=11, logging_steps=1,
-                                                                           logging_strategy="steps"),
+    full = record_hidden(KakurenboTrainer)(model=tiny_gpt2(),
+                                           args=training_args(tmp_path / "a" / "out", LM_RUN, save_strategy="steps",
+                                                              save_steps=11, logging_steps=1,
+                                                              logging_strategy="steps"),
                                            train_dataset=data)
     full.train()
     # A checkpoint inside a hiding epoch (not at its start) that is followed by another epoch.
@@ -91,8 +90,9 @@ def test_causal_lm_resume_is_exact(tmp_path):
                 if any(p.num_hidden and p.start_step < s < p.start_step + p.update_steps for p in plans[:-1]))
     checkpoint = os.path.join(str(tmp_path / "a" / "out"), f"checkpoint-{step}")
     assert os.path.exists(os.path.join(checkpoint, "kakurenbo_state.safetensors"))
-    resumed = record_hidden(KakurenboTrainer)(model=tiny_gpt2(seed=1), args=lm_args(tmp_path / "a", logging_steps=1,
-                                                                                    logging_strategy="steps"),
+    resumed = record_hidden(KakurenboTrainer)(model=tiny_gpt2(seed=1),
+                                              args=training_args(tmp_path / "a" / "out", LM_RUN, logging_steps=1,
+                                                                 logging_strategy="steps"),
                                               train_dataset=data)
     resumed.train(resume_from_checkpoint=checkpoint)
     steps = lambda t: {e["step"]: e["loss"] for e in t.state.log_history if "loss" in e}  # noqa: E731
@@ -110,7 +110,7 @@ def test_flattening_collator_is_refused_before_training(tmp_path):
     from transformers import DataCollatorWithFlattening
 
     data = lm_dataset(pad_some=False).remove_columns(["attention_mask"])
-    trainer = KakurenboTrainer(model=tiny_gpt2(), args=lm_args(tmp_path), train_dataset=data,
+    trainer = KakurenboTrainer(model=tiny_gpt2(), args=training_args(tmp_path / "out", LM_RUN), train_dataset=data,
                                data_collator=DataCollatorWithFlattening())
     with pytest.raises(ValueError, match="one row must be one sample"):
         trainer.train()
@@ -121,7 +121,7 @@ def test_restarting_position_ids_are_refused(tmp_path):
     data = lm_dataset(pad_some=False)
     positions = np.concatenate([np.arange(LENGTH // 2), np.arange(LENGTH // 2)])  # two documents in a row
     data = data.add_column("position_ids", [positions.tolist()] * len(data)).with_format("torch")
-    trainer = KakurenboTrainer(model=tiny_gpt2(), args=lm_args(tmp_path), train_dataset=data)
+    trainer = KakurenboTrainer(model=tiny_gpt2(), args=training_args(tmp_path / "out", LM_RUN), train_dataset=data)
     with pytest.raises(ValueError, match="restart inside a row"):
         trainer.train()
 
@@ -135,7 +135,8 @@ def test_padded_position_ids_are_accepted(tmp_path):
     positions = np.where(mask == 1, np.cumsum(mask) - 1, 1)
     data = data.remove_columns(["attention_mask"]).add_column("position_ids", [positions.tolist()] * len(data))
     data = data.add_column("attention_mask", [mask.tolist()] * len(data)).with_format("torch")
-    trainer = KakurenboTrainer(model=tiny_gpt2(), args=lm_args(tmp_path, num_train_epochs=2), train_dataset=data)
+    trainer = KakurenboTrainer(model=tiny_gpt2(), args=training_args(tmp_path / "out", LM_RUN, num_train_epochs=2),
+                               train_dataset=data)
     trainer.train()
     assert trainer.hiding_engine.stats.num_seen == len(data)
 
@@ -238,7 +239,8 @@ def test_peft_lora_trains_hides_checkpoints_and_resumes(tmp_path):
         return peft.get_peft_model(model, config)
 
     run = lambda model, **kw: record_hidden(KakurenboTrainer)(  # noqa: E731
-        model=model, args=lm_args(tmp_path, learning_rate=3e-2, logging_steps=1, logging_strategy="steps", **kw),
+        model=model, args=training_args(tmp_path / "out", LM_RUN, learning_rate=3e-2, logging_steps=1,
+                                        logging_strategy="steps", **kw),
         train_dataset=data)
     full = run(lora_model(), save_strategy="steps", save_steps=11)
     full.train()
@@ -272,7 +274,8 @@ def test_token_classification_trains_with_hiding(tmp_path):
     torch.manual_seed(0)
     model = BertForTokenClassification(BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=1,
                                                   num_attention_heads=2, intermediate_size=32, num_labels=5))
-    trainer = record_hidden(KakurenboTrainer)(model=model, args=lm_args(tmp_path, num_train_epochs=8),
+    trainer = record_hidden(KakurenboTrainer)(model=model,
+                                              args=training_args(tmp_path / "out", LM_RUN, num_train_epochs=8),
                                               train_dataset=data)
     trainer.train()
     hidden = set().union(*map(set, trainer.hidden_sets))
@@ -299,7 +302,8 @@ def test_semantic_segmentation_trains_with_hiding(tmp_path):
     model = SegformerForSemanticSegmentation(SegformerConfig(
         num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
         num_attention_heads=[1, 2], decoder_hidden_size=32, num_labels=3))
-    trainer = record_hidden(KakurenboTrainer)(model=model, args=lm_args(tmp_path, num_train_epochs=6),
+    trainer = record_hidden(KakurenboTrainer)(model=model,
+                                              args=training_args(tmp_path / "out", LM_RUN, num_train_epochs=6),
                                               train_dataset=data)
     trainer.train()
     hidden = set().union(*map(set, trainer.hidden_sets))
@@ -323,7 +327,8 @@ def test_regression_and_multi_label_train_with_built_in_statistics(tmp_path, tas
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=1,
                                                      num_attention_heads=2, intermediate_size=32, **config))
-    trainer = KakurenboTrainer(model=model, args=lm_args(tmp_path, num_train_epochs=4, learning_rate=3e-3),
+    trainer = KakurenboTrainer(model=model,
+                               args=training_args(tmp_path / "out", LM_RUN, num_train_epochs=4, learning_rate=3e-3),
                                train_dataset=data)
     trainer.train()
     assert trainer.hiding_engine.stats.num_seen == len(data)

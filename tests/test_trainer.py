@@ -10,29 +10,14 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset, IterableDataset
-from helpers import accuracy, collate, make_deit, make_image_dataset, make_vit
+from helpers import accuracy, collate, make_deit, make_image_dataset, make_vit, training_args
 from transformers import Trainer, TrainerCallback, TrainingArguments, ViTForImageClassification
 
-from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
+from kakurenbo_hf import KakurenboTrainer
 from kakurenbo_hf.distributed.checkpoint import HIDING_STATE_NAME, load_hiding_state, save_hiding_state
 
-COMMON = dict(
-    per_device_train_batch_size=16,
-    learning_rate=3e-3,
-    use_cpu=True,
-    report_to=[],
-    logging_steps=1,
-    save_strategy="no",
-    seed=7,
-    disable_tqdm=True,
-    dataloader_pin_memory=False,
-)
-
-
-def kakurenbo_args(tmp_path, **overrides) -> KakurenboTrainingArguments:
-    values = dict(COMMON, num_train_epochs=4, hiding_fraction=0.3, confidence_threshold=0.5)
-    values.update(overrides)
-    return KakurenboTrainingArguments(output_dir=str(tmp_path / "out"), **values)
+# This module's defaults on top of helpers.TINY_RUN: `training_args(tmp_path / "out", HIDING_RUN, ...)`.
+HIDING_RUN = dict(num_train_epochs=4, hiding_fraction=0.3, confidence_threshold=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +49,11 @@ class EpochProbe(TrainerCallback):
 class SelectionSpy(KakurenboTrainer):
     """Keeps a copy of the statistics each selection saw, and the hidden set it chose."""
 
-    def _plan_epoch(self, model, epoch):
-        plan = super()._plan_epoch(model, epoch)
+    def on_epoch_plan(self, plan):
         stats = self.hiding_engine.stats
         self.seen = getattr(self, "seen", [])
         self.seen.append((stats.loss.copy(), stats.confidence.copy(), stats.correct.copy(),
                           self.hiding_engine.hidden.copy(), plan))
-        return plan
 
 
 def losses(trainer):
@@ -83,8 +66,9 @@ def losses(trainer):
 def test_zero_fraction_is_bit_identical_to_trainer(tmp_path, train_set, eval_set):
     runs = {}
     for name, trainer_cls, args in [
-        ("trainer", Trainer, TrainingArguments(output_dir=str(tmp_path / "a"), num_train_epochs=3, **COMMON)),
-        ("kakurenbo", KakurenboTrainer, kakurenbo_args(tmp_path, num_train_epochs=3, hiding_fraction=0.0)),
+        ("trainer", Trainer, training_args(tmp_path / "a", cls=TrainingArguments, num_train_epochs=3)),
+        ("kakurenbo", KakurenboTrainer,
+         training_args(tmp_path / "out", HIDING_RUN, num_train_epochs=3, hiding_fraction=0.0)),
     ]:
         trainer = trainer_cls(model=make_vit(seed=3, hidden_dropout_prob=0.1), args=args, train_dataset=train_set,
                               eval_dataset=eval_set, data_collator=collate, compute_metrics=accuracy)
@@ -109,9 +93,9 @@ def hiding_run(tmp_path_factory, train_set, eval_set):
     tmp_path = tmp_path_factory.mktemp("hiding")
     probe = EpochProbe()
     trainer = SelectionSpy(
-        model=make_vit(seed=3), args=kakurenbo_args(tmp_path, gradient_accumulation_steps=3, hiding_fraction=0.4,
-                                                    hiding_decay_milestones=[0.5], hiding_decay_factors=[0.5],
-                                                    lr_compensation="target"),
+        model=make_vit(seed=3),
+        args=training_args(tmp_path / "out", HIDING_RUN, gradient_accumulation_steps=3, hiding_fraction=0.4,
+                           hiding_decay_milestones=[0.5], hiding_decay_factors=[0.5], lr_compensation="target"),
         train_dataset=train_set, eval_dataset=eval_set, data_collator=collate, callbacks=[probe])
     trainer.train()
     return trainer, probe
@@ -145,8 +129,9 @@ def test_hidden_samples_were_low_loss_and_confident(hiding_run):
 
 
 def test_nothing_hidden_during_warmup(tmp_path, train_set):
-    trainer = SelectionSpy(model=make_vit(seed=3), args=kakurenbo_args(tmp_path, hiding_warmup_epochs=2,
-                                                                       confidence_threshold=0.0),
+    trainer = SelectionSpy(model=make_vit(seed=3),
+                           args=training_args(tmp_path / "out", HIDING_RUN, hiding_warmup_epochs=2,
+                                              confidence_threshold=0.0),
                            train_dataset=train_set, data_collator=collate)
     trainer.train()
     plans = trainer.hiding_engine.plans
@@ -199,8 +184,9 @@ def test_lr_compensation_multiplies_the_schedule(tmp_path, train_set, mode):
         def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
             seen.append((state.global_step, optimizer.param_groups[0]["lr"]))
 
-    trainer = KakurenboTrainer(model=make_vit(seed=3), args=kakurenbo_args(tmp_path, lr_scheduler_type="constant",
-                                                                           lr_compensation=mode),
+    trainer = KakurenboTrainer(model=make_vit(seed=3),
+                               args=training_args(tmp_path / "out", HIDING_RUN, lr_scheduler_type="constant",
+                                                  lr_compensation=mode),
                                train_dataset=train_set, data_collator=collate, callbacks=[LrProbe()])
     trainer.train()
     assert any(plan.num_hidden for plan in trainer.hiding_engine.plans)
@@ -217,8 +203,10 @@ def test_refresh_runs_forward_only_in_eval_mode(tmp_path, train_set):
     model.register_forward_hook(
         lambda module, args, output: calls.append((module.training, not torch.is_grad_enabled(),
                                                    output.logits.shape[0])))
-    trainer = KakurenboTrainer(model=model, args=kakurenbo_args(tmp_path, refresh_batch_size=64, refresh_fraction=1.0,
-                                                                refresh_budget=math.inf, confidence_threshold=0.0),
+    trainer = KakurenboTrainer(model=model,
+                               args=training_args(tmp_path / "out", HIDING_RUN, refresh_batch_size=64,
+                                                  refresh_fraction=1.0, refresh_budget=math.inf,
+                                                  confidence_threshold=0.0),
                                train_dataset=train_set, data_collator=collate)
     trainer.train()
     refresh_calls = [c for c in calls if not c[0]]  # no_grad, not inference_mode: FSDP needs the former
@@ -237,7 +225,9 @@ def test_refresh_can_be_disabled(tmp_path, train_set):
     calls = []
     model = make_vit(seed=3)
     model.register_forward_hook(lambda module, args, output: calls.append(module.training))
-    trainer = KakurenboTrainer(model=model, args=kakurenbo_args(tmp_path, refresh_hidden=False, confidence_threshold=0.0),
+    trainer = KakurenboTrainer(model=model,
+                               args=training_args(tmp_path / "out", HIDING_RUN, refresh_hidden=False,
+                                                  confidence_threshold=0.0),
                                train_dataset=train_set, data_collator=collate)
     trainer.train()
     assert sum(p.num_hidden for p in trainer.hiding_engine.plans) > 0
@@ -245,8 +235,9 @@ def test_refresh_can_be_disabled(tmp_path, train_set):
 
 
 def test_random_strategy_hides_the_same_count_at_random(tmp_path, train_set):
-    trainer = SelectionSpy(model=make_vit(seed=3), args=kakurenbo_args(tmp_path, hiding_strategy="random",
-                                                                       confidence_threshold=0.0),
+    trainer = SelectionSpy(model=make_vit(seed=3),
+                           args=training_args(tmp_path / "out", HIDING_RUN, hiding_strategy="random",
+                                              confidence_threshold=0.0),
                            train_dataset=train_set, data_collator=collate)
     trainer.train()
     plans = trainer.hiding_engine.plans
@@ -260,7 +251,9 @@ def test_deit_and_default_collator_with_unused_columns(tmp_path):
     data = make_image_dataset(96).with_format(None)
     data = data.add_column("idx", list(range(96))).add_column("note", ["x"] * 96).with_format("torch")
     fingerprint, files = data._fingerprint, list(data.cache_files)
-    trainer = KakurenboTrainer(model=make_deit(), args=kakurenbo_args(tmp_path, num_train_epochs=3, confidence_threshold=0.0),
+    trainer = KakurenboTrainer(model=make_deit(),
+                               args=training_args(tmp_path / "out", HIDING_RUN, num_train_epochs=3,
+                                                  confidence_threshold=0.0),
                                train_dataset=data)
     trainer.train()
     assert trainer.hiding_engine.plans[-1].num_hidden > 0
@@ -269,7 +262,7 @@ def test_deit_and_default_collator_with_unused_columns(tmp_path):
 
 
 def test_plain_training_arguments_get_default_hiding(tmp_path, train_set):
-    args = TrainingArguments(output_dir=str(tmp_path / "o"), num_train_epochs=2, **COMMON)
+    args = training_args(tmp_path / "o", cls=TrainingArguments, num_train_epochs=2)
     trainer = KakurenboTrainer(model=make_vit(), args=args, train_dataset=train_set, data_collator=collate)
     assert trainer.hiding_args.hiding_fraction == 0.5
     trainer.train()
@@ -282,7 +275,8 @@ def test_plain_training_arguments_get_default_hiding(tmp_path, train_set):
 def test_iterable_train_set_is_rejected(tmp_path):
     stream = IterableDataset.from_generator(lambda: iter([{"pixel_values": np.zeros((3, 16, 16)), "label": 0}]))
     with pytest.raises(ValueError, match="map-style"):
-        KakurenboTrainer(model=make_vit(), args=kakurenbo_args(tmp_path), train_dataset=stream, data_collator=collate)
+        KakurenboTrainer(model=make_vit(), args=training_args(tmp_path / "out", HIDING_RUN), train_dataset=stream,
+                         data_collator=collate)
 
 
 class NoLogitsModel(torch.nn.Module):
@@ -298,7 +292,8 @@ class NoLogitsModel(torch.nn.Module):
 def test_model_without_logits_is_rejected(tmp_path, train_set):
     model = NoLogitsModel()
     before = [p.clone() for p in model.parameters()]
-    trainer = KakurenboTrainer(model=model, args=kakurenbo_args(tmp_path), train_dataset=train_set, data_collator=collate)
+    trainer = KakurenboTrainer(model=model, args=training_args(tmp_path / "out", HIDING_RUN), train_dataset=train_set,
+                               data_collator=collate)
     with pytest.raises(ValueError, match="logits"):
         trainer.train()
     assert trainer.state.global_step == 0
@@ -312,7 +307,8 @@ def test_custom_statistics_hook_makes_any_output_work(tmp_path, train_set):
         return (torch.nn.functional.cross_entropy(scores, labels, reduction="none"), probs.max(-1).values,
                 probs.argmax(-1) == labels)
 
-    trainer = KakurenboTrainer(model=NoLogitsModel(), args=kakurenbo_args(tmp_path, num_train_epochs=2),
+    trainer = KakurenboTrainer(model=NoLogitsModel(),
+                               args=training_args(tmp_path / "out", HIDING_RUN, num_train_epochs=2),
                                train_dataset=train_set, data_collator=collate, per_sample_statistics_fn=stats_fn)
     trainer.train()
     assert trainer.hiding_engine.stats.num_seen == 160
@@ -322,8 +318,8 @@ def test_batch_without_labels_is_rejected_before_training(tmp_path, train_set):
     def no_labels(features):
         return {"pixel_values": torch.stack([torch.as_tensor(f["pixel_values"]) for f in features])}
 
-    trainer = KakurenboTrainer(model=make_vit(), args=kakurenbo_args(tmp_path), train_dataset=train_set,
-                               data_collator=no_labels)
+    trainer = KakurenboTrainer(model=make_vit(), args=training_args(tmp_path / "out", HIDING_RUN),
+                               train_dataset=train_set, data_collator=no_labels)
     with pytest.raises(ValueError, match="labels"):
         trainer.train()
     assert trainer.state.global_step == 0
@@ -341,7 +337,8 @@ def test_regression_and_multi_label_get_built_in_statistics(tmp_path, task):
         model = make_vit(num_classes=4, problem_type="multi_label_classification")
         labels = (rng.random((32, 4)) > 0.5).astype(np.float32)
     data = Dataset.from_dict({"pixel_values": pixels, "labels": labels}).with_format("torch")
-    trainer = KakurenboTrainer(model=model, args=kakurenbo_args(tmp_path, num_train_epochs=2), train_dataset=data)
+    trainer = KakurenboTrainer(model=model, args=training_args(tmp_path / "out", HIDING_RUN, num_train_epochs=2),
+                               train_dataset=data)
     trainer.train()
     stats = trainer.hiding_engine.stats
     assert stats.num_seen == 32 and np.isfinite(stats.loss).all()
@@ -350,7 +347,7 @@ def test_regression_and_multi_label_get_built_in_statistics(tmp_path, task):
 
 def test_step_budgets_and_fractional_epochs_are_rejected(tmp_path, train_set):
     for overrides, message in [({"max_steps": 5}, "max_steps"), ({"num_train_epochs": 2.5}, "whole number")]:
-        trainer = KakurenboTrainer(model=make_vit(), args=kakurenbo_args(tmp_path, **overrides),
+        trainer = KakurenboTrainer(model=make_vit(), args=training_args(tmp_path / "out", HIDING_RUN, **overrides),
                                    train_dataset=train_set, data_collator=collate)
         with pytest.raises(ValueError, match=message):
             trainer.train()
@@ -360,7 +357,7 @@ def test_unwrappable_scheduler_is_rejected(tmp_path, train_set):
     model = make_vit()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)
-    trainer = KakurenboTrainer(model=model, args=kakurenbo_args(tmp_path), train_dataset=train_set,
+    trainer = KakurenboTrainer(model=model, args=training_args(tmp_path / "out", HIDING_RUN), train_dataset=train_set,
                                data_collator=collate, optimizers=(optimizer, scheduler))
     with pytest.raises(TypeError, match="StepLR"):
         trainer.train()
@@ -370,12 +367,9 @@ def test_unwrappable_scheduler_is_rejected(tmp_path, train_set):
 # --- resume -------------------------------------------------------------------------------------
 
 
-def _resume_args(out, **overrides):
-    values = dict(COMMON, num_train_epochs=4, hiding_fraction=0.4, confidence_threshold=0.3,
-                  save_strategy="steps", save_steps=5, gradient_accumulation_steps=1,
-                  per_device_train_batch_size=24)
-    values.update(overrides)
-    return KakurenboTrainingArguments(output_dir=str(out), **values)
+# The resume tests' defaults on top of helpers.TINY_RUN: `training_args(out, RESUME_RUN, ...)`.
+RESUME_RUN = dict(num_train_epochs=4, hiding_fraction=0.4, confidence_threshold=0.3, save_strategy="steps",
+                  save_steps=5, gradient_accumulation_steps=1, per_device_train_batch_size=24)
 
 
 class HiddenLog(TrainerCallback):
@@ -390,7 +384,7 @@ class HiddenLog(TrainerCallback):
 def _run_resumable(out, train_set, resume=None, model_fn=make_vit):
     ref = []
     log = HiddenLog(ref)
-    trainer = KakurenboTrainer(model=model_fn(seed=3), args=_resume_args(out), train_dataset=train_set,
+    trainer = KakurenboTrainer(model=model_fn(seed=3), args=training_args(out, RESUME_RUN), train_dataset=train_set,
                                data_collator=collate, callbacks=[log])
     ref.append(trainer)
     trainer.train(resume_from_checkpoint=resume)
@@ -418,12 +412,13 @@ def test_resume_mid_epoch_is_exact(tmp_path, train_set, model_fn):
 
 def test_resume_from_plain_trainer_checkpoint_starts_hiding(tmp_path, train_set):
     plain = Trainer(model=make_vit(seed=3), train_dataset=train_set, data_collator=collate,
-                    args=TrainingArguments(output_dir=str(tmp_path / "plain"), num_train_epochs=1,
-                                           **dict(COMMON, save_strategy="epoch")))
+                    args=training_args(tmp_path / "plain", cls=TrainingArguments, num_train_epochs=1,
+                                       save_strategy="epoch"))
     plain.train()
     checkpoint = tmp_path / "plain" / f"checkpoint-{plain.state.global_step}"
-    trainer = KakurenboTrainer(model=make_vit(seed=3), args=kakurenbo_args(tmp_path, num_train_epochs=3,
-                                                                           confidence_threshold=0.0),
+    trainer = KakurenboTrainer(model=make_vit(seed=3),
+                               args=training_args(tmp_path / "out", HIDING_RUN, num_train_epochs=3,
+                                                  confidence_threshold=0.0),
                                train_dataset=train_set, data_collator=collate)
     trainer.train(resume_from_checkpoint=str(checkpoint))
     plans = trainer.hiding_engine.plans
@@ -443,8 +438,8 @@ def test_incompatible_hiding_state_is_rejected(tmp_path, train_set):
     smaller = train_set.select(range(100))
     state["format_version"] = 1
     save_hiding_state(state, checkpoint)
-    trainer = KakurenboTrainer(model=make_vit(seed=3), args=_resume_args(tmp_path / "small"), train_dataset=smaller,
-                               data_collator=collate)
+    trainer = KakurenboTrainer(model=make_vit(seed=3), args=training_args(tmp_path / "small", RESUME_RUN),
+                               train_dataset=smaller, data_collator=collate)
     with pytest.raises(ValueError, match="160 samples"):
         trainer.train(resume_from_checkpoint=checkpoint)
 
@@ -468,8 +463,8 @@ def test_vit_checkpoint_weights_really_load(tmp_path, train_set):
     full, _ = _run_resumable(tmp_path / "full", train_set)
     checkpoint = str(tmp_path / "full" / "checkpoint-5")
     saved = ViTForImageClassification.from_pretrained(checkpoint).state_dict()
-    trainer = KakurenboTrainer(model=make_vit(seed=99), args=_resume_args(tmp_path / "r"), train_dataset=train_set,
-                               data_collator=collate)
+    trainer = KakurenboTrainer(model=make_vit(seed=99), args=training_args(tmp_path / "r", RESUME_RUN),
+                               train_dataset=train_set, data_collator=collate)
     trainer._load_from_checkpoint(checkpoint)
     loaded = trainer.model.state_dict()
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
@@ -485,7 +480,8 @@ def test_hiding_state_is_written_before_the_trainers_own_files(tmp_path, train_s
                 present_at_model_save.append(os.path.isfile(os.path.join(output_dir, HIDING_STATE_NAME)))
             super().save_model(output_dir, _internal_call)
 
-    trainer = Spy(model=make_vit(seed=3), args=kakurenbo_args(tmp_path, num_train_epochs=2, save_strategy="epoch"),
+    trainer = Spy(model=make_vit(seed=3),
+                  args=training_args(tmp_path / "out", HIDING_RUN, num_train_epochs=2, save_strategy="epoch"),
                   train_dataset=train_set, data_collator=collate)
     trainer.train()
     assert present_at_model_save == [True, True]
@@ -495,9 +491,9 @@ def test_best_vit_model_really_loads_at_end(tmp_path, train_set, eval_set):
     """load_best_model_at_end hits the same key-name problem as resume; the best weights must load."""
     trainer = KakurenboTrainer(
         model=make_vit(seed=3),
-        args=kakurenbo_args(tmp_path, num_train_epochs=3, eval_strategy="epoch", save_strategy="epoch",
-                            load_best_model_at_end=True, metric_for_best_model="eval_accuracy",
-                            greater_is_better=True),
+        args=training_args(tmp_path / "out", HIDING_RUN, num_train_epochs=3, eval_strategy="epoch",
+                           save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="eval_accuracy",
+                           greater_is_better=True),
         train_dataset=train_set, eval_dataset=eval_set, data_collator=collate, compute_metrics=accuracy)
     trainer.train()
     best = ViTForImageClassification.from_pretrained(trainer.state.best_model_checkpoint).state_dict()

@@ -19,19 +19,13 @@ import os
 
 import numpy as np
 import pytest
-from test_multiprocess import (
-    BATCH_SIZE,
-    NUM_PROCESSES,
-    _assert_same_weights,
-    _expected_shares,
-    _launch,
-    _records,
-    _weights,
-    _without_timing,
-)
+from launch import launch_mp_worker
+from mp_records import assert_same_weights, expected_shares, read_records, read_weights, without_timing
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
+NUM_PROCESSES = 2
+BATCH_SIZE = 8  # per device
 NUM_SAMPLES = 150  # not a multiple of NUM_PROCESSES * BATCH_SIZE: even_batches pads
 EPOCHS = 4
 SAVE_STEPS = 4
@@ -45,13 +39,13 @@ RUNS = {
 @pytest.fixture(scope="module")
 def weighted_first(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("mp_weighted"))
-    _launch(out, list(RUNS.values()))
+    launch_mp_worker(out, list(RUNS.values()))
     return out
 
 
 def _weighted_mid_epoch_checkpoint(out: str, name: str) -> tuple[str, int]:
     """The first mid-epoch checkpoint inside an epoch that has loss weights."""
-    record = _records(out, name)[0]
+    record = read_records(out, name)[0]
     for step in record["checkpoints"]:
         plan = next((p for p in record["plans"] if p["start_step"] < step < p["start_step"] + p["update_steps"]), None)
         if plan is not None and record["epochs"][str(plan["epoch"])]["weights"] is not None:
@@ -66,15 +60,15 @@ def weighted_resume(weighted_first, tmp_path_factory):
     for name, spec in RUNS.items():
         checkpoint, steps[name] = _weighted_mid_epoch_checkpoint(weighted_first, name)
         runs.append(dict(spec, name=name, save_steps=0, resume=checkpoint))
-    _launch(out, runs)
+    launch_mp_worker(out, runs)
     return out, steps
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_every_rank_holds_the_same_decision(weighted_first, name):
-    records = _records(weighted_first, name)
+    records = read_records(weighted_first, name)
     assert all(r["world"]["parallel_mode"] == "ParallelMode.DISTRIBUTED" for r in records)
-    assert _without_timing(records[1]["plans"]) == _without_timing(records[0]["plans"])
+    assert without_timing(records[1]["plans"]) == without_timing(records[0]["plans"])
     weighted_epochs = 0
     for epoch in range(EPOCHS):
         per_rank = [r["epochs"][str(epoch)] for r in records]
@@ -85,12 +79,12 @@ def test_every_rank_holds_the_same_decision(weighted_first, name):
             assert sorted(per_rank[0]["order"]) == sorted(per_rank[0]["draws"])
             assert len(per_rank[0]["draws"]) > len(set(per_rank[0]["draws"])), "no sample was drawn twice"
     assert weighted_epochs >= 2
-    _assert_same_weights(*_weights(weighted_first, name), f"{name}: rank 0 vs rank 1")
+    assert_same_weights(*read_weights(weighted_first, name), f"{name}: rank 0 vs rank 1")
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_each_ranks_step_loss_is_its_weighted_share(weighted_first, name):
-    records = _records(weighted_first, name)
+    records = read_records(weighted_first, name)
     table = {int(e): r["weights"] for e, r in records[0]["epochs"].items()}  # the main process's decisions
     epoch_of_step = {}
     for plan in records[0]["plans"]:
@@ -116,11 +110,11 @@ def test_each_ranks_step_loss_is_its_weighted_share(weighted_first, name):
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_epochs_are_split_as_accelerate_splits_them_and_counted(weighted_first, name):
-    records = _records(weighted_first, name)
+    records = read_records(weighted_first, name)
     total = 0
     for epoch in range(EPOCHS):
         per_rank = [r["epochs"][str(epoch)] for r in records]
-        expected, pad = _expected_shares(per_rank[0]["order"], NUM_PROCESSES, BATCH_SIZE)
+        expected, pad = expected_shares(per_rank[0]["order"], NUM_PROCESSES, BATCH_SIZE)
         for rank in range(NUM_PROCESSES):
             assert per_rank[rank]["trained"] == expected[rank], f"epoch {epoch}, rank {rank}"
         plan = records[0]["plans"][epoch]
@@ -135,7 +129,7 @@ def test_epochs_are_split_as_accelerate_splits_them_and_counted(weighted_first, 
 def test_resume_in_two_processes_is_exact(weighted_first, weighted_resume, name):
     out, steps = weighted_resume
     step = steps[name]
-    full, resumed = _records(weighted_first, name), _records(out, name)
+    full, resumed = read_records(weighted_first, name), read_records(out, name)
     for rank in range(NUM_PROCESSES):
         got, want = resumed[rank], full[rank]
         assert got["steps"][0][0] == step
@@ -145,6 +139,6 @@ def test_resume_in_two_processes_is_exact(weighted_first, weighted_resume, name)
         for epoch, record in got["epochs"].items():
             for key in ("hidden", "order", "weights", "draws"):
                 assert record[key] == want["epochs"][epoch][key], f"rank {rank}, epoch {epoch}: {key} differs"
-        assert _without_timing(got["plans"]) == _without_timing(want["plans"])
-    for rank, (got, want) in enumerate(zip(_weights(out, name), _weights(weighted_first, name))):
-        _assert_same_weights(got, want, f"{name}: rank {rank} resumed vs uninterrupted")
+        assert without_timing(got["plans"]) == without_timing(want["plans"])
+    for rank, (got, want) in enumerate(zip(read_weights(out, name), read_weights(weighted_first, name))):
+        assert_same_weights(got, want, f"{name}: rank {rank} resumed vs uninterrupted")

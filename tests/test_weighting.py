@@ -1,4 +1,4 @@
-"""Per-sample loss weights (`kakurenbo_hf/weighting.py` and its trainer glue).
+"""Per-sample loss weights (`kakurenbo_hf/tasks/weighting.py` and `hf/loss_weighting.py`).
 
 - At weight 1 the weighted per-sample loss is the model's own loss: same value, same gradients,
   for classification, causal LM, seq2seq, masked LM and token classification, with and without
@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import collate, make_image_dataset, make_vit
+from helpers import collate, make_image_dataset, make_vit, training_args
 from lm_helpers import lm_dataset, tiny_gpt2
-from test_selection import clean_registry  # noqa: F401  (fixture: strategies registered in a test are gone after it)
 from transformers import (
     BertConfig,
     BertForMaskedLM,
@@ -58,7 +57,7 @@ torch.set_num_threads(1)
 
 
 def test_weighting_module_is_pure():
-    source = (Path(__file__).resolve().parent.parent / "kakurenbo_hf" / "weighting.py").read_text()
+    source = (Path(__file__).resolve().parent.parent / "kakurenbo_hf" / "tasks" / "weighting.py").read_text()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             assert not (node.module or "").startswith(("transformers", "accelerate"))
@@ -278,8 +277,8 @@ def test_undeclared_loss_weights_are_refused(clean_registry):
 
 # Plain SGD in the comparisons: Adam would blow rounding noise in gradients that are exactly 0 in
 # exact arithmetic (an attention key's bias) up to full-size steps.
-COMMON = dict(learning_rate=3e-2, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no", seed=7,
-              disable_tqdm=True, dataloader_pin_memory=False, lr_scheduler_type="linear", optim="sgd")
+# On top of helpers.TINY_RUN (each run sets its epochs and batch size): `training_args(out, COMMON, ...)`.
+COMMON = dict(learning_rate=3e-2, lr_scheduler_type="linear", optim="sgd")
 
 
 class WeightSpy(KakurenboTrainer):
@@ -287,10 +286,17 @@ class WeightSpy(KakurenboTrainer):
 
     weighted_steps = 0
 
-    def _weighted_loss(self, loss, outputs, labels, sample_indices, num_items_in_batch):
-        result = super()._weighted_loss(loss, outputs, labels, sample_indices, num_items_in_batch)
-        self.weighted_steps += result is not loss
-        return result
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        weighting = self.hiding_controller.loss_weighting
+        weighted_loss = weighting.weighted_loss
+
+        def counting(loss, *rest):
+            result = weighted_loss(loss, *rest)
+            self.weighted_steps += result is not loss
+            return result
+
+        weighting.weighted_loss = counting
 
 
 def _losses(trainer):
@@ -310,11 +316,11 @@ def test_weights_of_one_train_like_the_plain_trainer_classification(tmp_path, on
     data = make_image_dataset(64, noise=1.5)
     settings = dict(COMMON, num_train_epochs=3, per_device_train_batch_size=16, label_smoothing_factor=label_smoothing)
     plain = Trainer(model=make_vit(seed=3), train_dataset=data, data_collator=collate,
-                    args=TrainingArguments(output_dir=str(tmp_path / "plain"), **settings))
+                    args=training_args(tmp_path / "plain", settings, cls=TrainingArguments))
     plain.train()
     ours = WeightSpy(model=make_vit(seed=3), train_dataset=data, data_collator=collate,
-                     args=KakurenboTrainingArguments(output_dir=str(tmp_path / "ours"), hiding_strategy=ones_strategy,
-                                                     hiding_fraction=0.3, **settings))
+                     args=training_args(tmp_path / "ours", settings, hiding_strategy=ones_strategy,
+                                        hiding_fraction=0.3))
     ours.train()
     assert ours.weighted_steps == 2 * 4  # epochs 1 and 2 (after the warm-up epoch), 4 steps each
     assert [p.lr_factor for p in ours.hiding_engine.plans] == [1.0, 1.0, 1.0]
@@ -325,11 +331,11 @@ def test_weights_of_one_train_like_the_plain_trainer_causal_lm_with_accumulation
     data = lm_dataset(num_learnable=24, num_noise=24)
     settings = dict(COMMON, num_train_epochs=3, per_device_train_batch_size=4, gradient_accumulation_steps=3)
     plain = Trainer(model=tiny_gpt2(seed=2), train_dataset=data,
-                    args=TrainingArguments(output_dir=str(tmp_path / "plain"), **settings))
+                    args=training_args(tmp_path / "plain", settings, cls=TrainingArguments))
     plain.train()
     ours = WeightSpy(model=tiny_gpt2(seed=2), train_dataset=data,
-                     args=KakurenboTrainingArguments(output_dir=str(tmp_path / "ours"), hiding_strategy=ones_strategy,
-                                                     hiding_fraction=0.3, **settings))
+                     args=training_args(tmp_path / "ours", settings, hiding_strategy=ones_strategy,
+                                        hiding_fraction=0.3))
     assert ours.model_accepts_loss_kwargs  # so the Trainer normalises by num_items_in_batch
     ours.train()
     assert ours.weighted_steps == 2 * 12
@@ -355,11 +361,11 @@ def test_weights_of_one_follow_a_model_that_ignores_num_items_in_batch(tmp_path,
         torch.manual_seed(4)
         model = BertForTokenClassification(_bert_config(num_labels=5))
         trainer = cls(model=model, train_dataset=data,
-                      args=args_cls(output_dir=str(tmp_path / cls.__name__), **settings, **extra))
+                      args=training_args(tmp_path / cls.__name__, settings, cls=args_cls, **extra))
         trainer.train()
         runs.append(trainer)
     plain, ours = runs
-    assert ours._normalise_by_items is False and ours.weighted_steps == 2 * 12
+    assert ours.hiding_controller.loss_weighting._normalise_by_items is False and ours.weighted_steps == 2 * 12
     _compare_runs(plain, ours)
 
 
@@ -369,9 +375,8 @@ def test_weights_of_one_follow_a_model_that_ignores_num_items_in_batch(tmp_path,
 def _weighted_trainer(tmp_path, model=None, data=None, strategy="infobatch", collator=collate, **kwargs):
     statistics = kwargs.pop("per_sample_statistics_fn", None)
     trainer_kwargs = {"compute_loss_func": kwargs.pop("compute_loss_func")} if "compute_loss_func" in kwargs else {}
-    args = KakurenboTrainingArguments(output_dir=str(tmp_path / strategy), hiding_strategy=strategy,
-                                      hiding_fraction=0.3, num_train_epochs=2, per_device_train_batch_size=16,
-                                      **dict(COMMON, **kwargs))
+    args = training_args(tmp_path / strategy, COMMON, hiding_strategy=strategy, hiding_fraction=0.3, num_train_epochs=2,
+                         per_device_train_batch_size=16, **kwargs)
     return KakurenboTrainer(model=model or make_vit(seed=3), args=args, data_collator=collator,
                             train_dataset=data if data is not None else make_image_dataset(48),
                             per_sample_statistics_fn=statistics, **trainer_kwargs)
@@ -400,9 +405,9 @@ def test_custom_statistics_function_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="custom `per_sample_statistics_fn`.*built-in statistics classes"):
         trainer.train()
     # A built-in statistics class of a supported task is fine, of another task refused up front.
-    _weighted_trainer(tmp_path, per_sample_statistics_fn=CausalLMStatistics())._check_loss_weighting_arguments()
+    _weighted_trainer(tmp_path, per_sample_statistics_fn=CausalLMStatistics()).hiding_controller.loss_weighting.check_arguments()
     with pytest.raises(ValueError, match="multi_label_classification"):
-        _weighted_trainer(tmp_path, per_sample_statistics_fn=MultiLabelStatistics())._check_loss_weighting_arguments()
+        _weighted_trainer(tmp_path, per_sample_statistics_fn=MultiLabelStatistics()).hiding_controller.loss_weighting.check_arguments()
 
 
 def test_the_same_knobs_are_not_refused_without_loss_weights(tmp_path):
@@ -410,7 +415,7 @@ def test_the_same_knobs_are_not_refused_without_loss_weights(tmp_path):
     for strategy, extra in [("kakurenbo", {}), ("random", {}), ("iswr", {"iswr_unbiased": False})]:
         trainer = _weighted_trainer(tmp_path, strategy=strategy, per_sample_statistics_fn=MultiLabelStatistics(),
                                     **extra)
-        trainer._check_loss_weighting_arguments()
+        trainer.hiding_controller.loss_weighting.check_arguments()
 
 
 def _multi_label_data(num_samples=48):

@@ -34,3 +34,18 @@ def positions(bits: np.ndarray, count: int, value: bool = True, period: int = 1,
         first = (-(start + phase)) % period  # the chunk's first index i with (i + phase) % period == 0
         parts.append(np.flatnonzero(unpacked[first::period]).astype(dtype) * dtype(period) + dtype(start + first))
     return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+
+def pack(mask: np.ndarray) -> np.ndarray:
+    """A bool mask as a packed bitmask (N/8 bytes)."""
+    return np.packbits(np.asarray(mask, dtype=bool))
+
+
+def unpack(bits: np.ndarray, count: int) -> np.ndarray:
+    """The first `count` bits of a packed bitmask as a bool mask."""
+    return np.unpackbits(bits, count=count).view(bool)
+
+
+def clear_bit(bits: np.ndarray, index: int) -> None:
+    """Clear bit `index` in place."""
+    bits[index >> 3] &= np.uint8(~(0x80 >> (index & 7)) & 0xFF)

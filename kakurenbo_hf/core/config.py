@@ -114,17 +114,15 @@ class KakurenboArguments:
     hiding_strategy: str = field(
         default="kakurenbo",
         metadata={
-            "help": "How the hidden set is chosen: 'kakurenbo' (low loss and confident) or 'random' "
-            "(uniformly at random: floor(F_e * N) samples, or as many as kakurenbo would hide with "
-            "random_count='kakurenbo'); 'epsilon_greedy', 'ucb' (Raju et al. 2021), 'forget' (Toneva et al. 2019); "
-            "'selective_backprop' (per batch: backpropagate the samples whose recent-loss percentile wins a draw); "
-            "'infobatch' (InfoBatch: prune below-mean-loss samples with probability infobatch_prune_ratio, "
-            "upweight the kept ones) and 'iswr' (importance sampling with replacement, loss-proportional, "
-            "unbiased by loss weights) weight each sample's loss (see the README)."
+            "help": "How the hidden set is chosen: the name of a registered strategy "
+            "(kakurenbo_hf.available_strategies(); each is described in kakurenbo_hf/strategies/<name>.py and in "
+            "the README's Strategies section). Default 'kakurenbo': hide the low-loss samples predicted correctly "
+            "and confidently. A strategy's own settings are the fields below named after it."
         },
     )
 
-    # --- selective_backprop (Jiang et al., 2019; strategies/selective_backprop.py) ---
+    # --- Settings of one strategy each, named `<strategy name>_<setting>`: read by strategies/<strategy name>.py,
+    # checked by its `validate_arguments` when it is the one chosen. ---
     selective_backprop_beta: float = field(
         default=3.0,
         metadata={
@@ -141,6 +139,7 @@ class KakurenboArguments:
         metadata={"help": "selective_backprop: floor of every sample's selection probability, in [0, 1]."},
     )
 
+    # --- resuming (a general setting, kept at its place in the field order) ---
     resume_without_hiding_state: bool = field(
         default=False,
         metadata={
@@ -151,7 +150,7 @@ class KakurenboArguments:
         },
     )
 
-    # --- hidden-set strategies: random, epsilon_greedy, ucb, forget (see strategies/<name>.py) ---
+    # --- settings of one strategy each, continued ---
     random_count: str = field(
         default="exact",
         metadata={
@@ -188,7 +187,6 @@ class KakurenboArguments:
             "set is fixed for the rest of training (at the first epoch >= max(this, hiding_warmup_epochs))."
         },
     )
-    # --- infobatch (strategies/infobatch.py) and iswr (strategies/iswr.py): weighted strategies ---
     infobatch_prune_ratio: float = field(
         default=0.5,
         metadata={
@@ -232,7 +230,7 @@ class KakurenboArguments:
 
     def validate_hiding_arguments(self) -> None:
         """Raise `ValueError` for any field outside its allowed range."""
-        from ..strategies import available_strategies
+        from ..strategies.base import available_strategies, strategy_class
 
         if not 0.0 <= self.hiding_fraction <= MAX_HIDING_FRACTION:
             raise ValueError(
@@ -272,8 +270,7 @@ class KakurenboArguments:
             raise ValueError(
                 f"hiding_strategy must be one of {available_strategies()}, got {self.hiding_strategy!r}"
             )
-        from ..strategies.base import strategy_class
-
+        # The chosen strategy checks its own settings (the registry knows every strategy by name).
         strategy_class(self.hiding_strategy).validate_arguments(self)
 
     def hiding_arguments(self) -> KakurenboArguments:

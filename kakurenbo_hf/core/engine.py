@@ -26,7 +26,7 @@ from functools import partial
 
 import numpy as np
 
-from .bitmask import count_bits, positions
+from .bitmask import clear_bit, count_bits, pack, positions, unpack
 from .config import KakurenboArguments
 from .refresh_slice import refresh_period
 from .schedule import lr_factor, target_hiding_fraction
@@ -95,7 +95,7 @@ class HidingEngine:
     Args:
         holds_table: this process holds the whole table (the main process; ignored with a `shard`).
         shard: this rank's rows of a table split over the ranks (every rank then plans together).
-        collective: the ranks' sums and gathers for a sharded plan (`distributed.TorchCollective`).
+        collective: the ranks' sums and gathers for a sharded plan (the run's `Topology`).
     """
 
     def __init__(self, num_samples: int, num_epochs: int, arguments: KakurenboArguments, seed: int = 0,
@@ -139,14 +139,14 @@ class HidingEngine:
     @property
     def hidden(self) -> np.ndarray:
         """The current epoch's hidden set as a bool mask over all samples (unpacked on each call)."""
-        return np.unpackbits(self.hidden_bits, count=self.num_samples).view(bool)
+        return unpack(self.hidden_bits, self.num_samples)
 
     @hidden.setter
     def hidden(self, mask: np.ndarray) -> None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (self.num_samples,):
             raise ValueError(f"hidden mask must have shape ({self.num_samples},), got {mask.shape}")
-        self.hidden_bits = np.packbits(mask)
+        self.hidden_bits = pack(mask)
 
     @property
     def num_hidden(self) -> int:
@@ -213,7 +213,7 @@ class HidingEngine:
         else:
             decision = nothing
         if self.sharded:  # every rank's bytes of the bitmask, gathered
-            self.hidden_bits = self.collective.gather_bits(np.packbits(decision.hidden), self.shard)
+            self.hidden_bits = self.collective.gather_bits(pack(decision.hidden), self.shard)
         else:
             self.hidden = decision.hidden
         self.weights, self.draws = decision.weights, decision.draws
@@ -312,7 +312,7 @@ class HidingEngine:
             plan.num_draws = int(self.draws.size)
         else:
             index = self._highest_loss_hidden()
-            self.hidden_bits[index >> 3] &= np.uint8(~(0x80 >> (index & 7)) & 0xFF)
+            clear_bit(self.hidden_bits, index)
             plan.num_hidden -= 1
         if plan.lr_factor != 1.0:
             plan.lr_factor = self._lr_factor(plan)
@@ -323,7 +323,7 @@ class HidingEngine:
     def _highest_loss_hidden(self) -> int:
         """The hidden sample with the highest loss (NaN as +inf; lowest index among ties), over every shard."""
         first_byte, last_byte = self.shard.byte_range
-        hidden_here = np.unpackbits(self.hidden_bits[first_byte:last_byte], count=self.shard.size).view(bool)
+        hidden_here = unpack(self.hidden_bits[first_byte:last_byte], self.shard.size)
         candidates = np.flatnonzero(hidden_here)
         best = np.array([0.0, -np.inf, 0.0])  # (has a candidate, loss, sample index)
         if candidates.size:
@@ -339,12 +339,14 @@ class HidingEngine:
         """The plan's LR factor from the fraction it leaves untrained (and F_e, for `target`)."""
         return lr_factor(self.lr_compensation, plan.target_fraction, 1.0 - plan.num_trained / self.num_samples)
 
-    def note_refresh(self, seconds: float, num_refreshed: int) -> None:
-        """The refresh pass that preceded the current epoch's selection took `seconds` for `num_refreshed` samples."""
+    def note_refresh(self, seconds: float, num_refreshed: int, flush_seconds: float = 0.0) -> None:
+        """The epoch boundary before the current plan: the refresh pass took `seconds` for `num_refreshed`
+        samples (all ranks), the flush of records to the table `flush_seconds` (this rank's)."""
         self.current_plan.refresh_seconds = float(seconds) if num_refreshed else 0.0
         self.current_plan.num_refreshed = int(num_refreshed)
+        self.current_plan.flush_seconds = float(flush_seconds)
 
-    def time_epoch(self, samples_per_step: int, update_steps: int, start_step: int | None = None) -> None:
+    def set_epoch_geometry(self, samples_per_step: int, update_steps: int, start_step: int | None = None) -> None:
         """How the current epoch (segment) runs: optimizer steps, samples per step, and (at its start) its first step.
 
         Kept in the plan so that a resume, on the same or another number of processes, knows where it is.

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from .bitmask import count_bits, positions
+from .bitmask import count_bits, pack, positions, unpack
 from .permutation import KeyedPermutation
 
 
@@ -109,7 +109,7 @@ class HidingSampler(Sampler[int]):
         hidden = np.asarray(hidden, dtype=bool)
         if hidden.shape != (self.num_samples,):
             raise ValueError(f"hidden mask must have shape ({self.num_samples},), got {hidden.shape}")
-        self.set_hidden_bits(np.packbits(hidden))
+        self.set_hidden_bits(pack(hidden))
 
     def set_hidden_bits(self, bits: np.ndarray) -> None:
         """`set_hidden` from a packed bitmask (`np.packbits` of the mask, N/8 bytes; counted without unpacking).
@@ -153,7 +153,7 @@ class HidingSampler(Sampler[int]):
     @property
     def hidden(self) -> np.ndarray:
         """The hidden set as a bool mask (unpacked from the bitmask on each call)."""
-        return np.unpackbits(self._hidden_bits, count=self.num_samples).view(bool)
+        return unpack(self._hidden_bits, self.num_samples)
 
     def visible_indices(self) -> np.ndarray:
         """The visible indices, ascending (int32 below 2**31 samples), unpacked chunk by chunk."""

@@ -10,8 +10,8 @@ histograms) runs on N/P rows per rank. The hidden set ends as the same N/8-byte 
 rank: each rank packs its rows' bits (shard boundaries are multiples of 8 samples, so a shard's
 bits are whole bytes of the global bitmask) and the bitmask is all-gathered.
 
-No torch here: `LocalCollective` is the single-process case; `distributed.TorchCollective` is the
-multi-process one.
+No torch here: `LocalCollective` is the single-process case (for pure tests); the multi-process one
+is `distributed.topology.Topology`, which carries every cross-rank communication.
 """
 
 from __future__ import annotations

@@ -2,10 +2,17 @@
 
 One entry per sample, kept for the whole run, in compact numpy arrays (7 bytes per sample):
 
-    loss        float32  per-sample cross-entropy; +inf until the sample is first seen, so an
+    loss        float32  per-sample loss of the task; +inf until the sample is first seen, so an
                          unseen sample is never among the lowest-loss candidates
-    confidence  float16  top softmax probability over the classes
-    correct     bool     argmax(logits) == label
+    confidence  float16  the task's confidence in [0, 1], what tau is compared with: the
+                         top-class probability for single-label classification, token accuracy
+                         for language models, class-balanced accuracy for token classification
+                         and segmentation, ... (the task table of `kakurenbo_hf.tasks`)
+    correct     bool     whether the task counts the prediction right (argmax == label for
+                         single-label classification; see the same table)
+
+`per_sample_statistics` below is the single-label classification row; the other tasks' are in
+`kakurenbo_hf.tasks`.
 
 Values are written from the training forward pass (`compute_loss`) and, for hidden samples, by
 the refresh pass. In a multi-process run a table holds either every sample (on the main

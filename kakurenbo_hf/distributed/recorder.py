@@ -42,7 +42,7 @@ def record_dtype(num_samples: int) -> np.dtype:
 
 
 class Transport(Protocol):
-    """What a flush needs from the processes (implemented by the trainer with torch.distributed)."""
+    """What a flush needs from the processes (`distributed/transport.py`, over the run's `Topology`)."""
 
     num_processes: int
     is_main: bool

@@ -1,13 +1,23 @@
 """Carry each row's index from the training set to `compute_loss`, without touching the data.
 
-`IndexedDataset` wraps the user's map-style dataset (a `datasets.Dataset` included) and adds
-the key `SAMPLE_INDEX_KEY` to every row it returns; batched reads go through the wrapped
-dataset's `__getitems__`, so a `datasets.Dataset` still reads a batch in one Arrow call. No row
-is copied or rewritten (no `add_column`, `map`, `select` or `filter`).
+`IndexedDataset` wraps the user's map-style dataset (a `datasets.Dataset` included). A batched read
+(`__getitems__`, what the DataLoader's fetcher calls) goes through the wrapped dataset's own
+`__getitems__`, so a `datasets.Dataset` still reads a batch in one Arrow call, and returns the
+rows exactly as the wrapped dataset made them, in an `IndexedRows` list that carries the batch's
+indices. No row is copied, rewritten or tagged (no `add_column`, `map`, `select` or `filter`).
 
-`IndexCollator` wraps the user's collator: it takes the key out of the rows before the user's
-`collate_fn` sees them (a collator that builds a fresh dict would drop it; one that stacks every
-column would choke on it) and puts a tensor of indices back into the batch.
+`IndexCollator` wraps the user's collator: it hands the user's `collate_fn` those very rows and
+adds one tensor of indices to the batch it returns. The work per batch does not grow with the
+number of rows beyond building that tensor.
+
+The DataLoader's fetcher calls `dataset.__getitems__(indices)` and then `collate_fn(rows)` in the
+same thread (the main process, or a worker: rows collated inside workers work the same way), so
+`IndexCollator` must be the outermost collator: a wrapper that rebuilds the list would lose the
+indices. The trainer puts transformers' column-removing wrapper (`RemoveColumnsCollator`) inside it
+(`KakurenboMixin._get_collator_with_removed_columns`).
+
+A single-row read (`dataset[i]`, not the batched hot path) returns a tagged copy of the row; the
+collator takes the key out of such rows before the user's `collate_fn` sees them.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -22,11 +33,42 @@ from torch.utils.data import Dataset
 SAMPLE_INDEX_KEY = "__kakurenbo_sample_index__"
 
 
+class IndexedRows(list):
+    """The rows of one batched read, as the wrapped dataset returned them, and their indices.
+
+    A plain `list` to any collator (`features[0]`, iteration, `len`); `sample_indices` holds the
+    dataset index of each row, in order.
+    """
+
+    __slots__ = ("sample_indices",)
+
+    def __init__(self, rows, sample_indices):
+        super().__init__(rows)
+        self.sample_indices = sample_indices
+
+    def __reduce__(self):  # pickles (a worker handing rows back uncollated) as what it is
+        return (IndexedRows, (list(self), self.sample_indices))
+
+
+def _check_row(row) -> None:
+    if not isinstance(row, Mapping):
+        raise TypeError(
+            "KakurenboTrainer needs dict-like training samples (a mapping of column to value) to tag them "
+            f"with their index; the training set returned a {type(row).__name__}."
+        )
+    if SAMPLE_INDEX_KEY in row:
+        raise ValueError(f"the training set already has a column named {SAMPLE_INDEX_KEY!r}")
+
+
 class IndexedDataset(Dataset):
-    """A view of `dataset` whose rows carry their index under `SAMPLE_INDEX_KEY`.
+    """A view of `dataset` whose reads carry each row's index.
 
     Args:
         dataset: any map-style dataset whose rows are mappings (a `datasets.Dataset` included).
+
+    `__getitems__(indices)` returns the wrapped dataset's rows untouched, as an `IndexedRows` list
+    whose `sample_indices` are `indices`; `IndexCollator` puts them into the batch. `dataset[i]`
+    returns a copy of row `i` with its index under `SAMPLE_INDEX_KEY`.
 
     `on_read_start` / `on_read_end`, if set, are called around every read (one row or a batch):
     the trainer uses them to keep the RNG state of random transforms for exact resume.
@@ -35,6 +77,9 @@ class IndexedDataset(Dataset):
 
         >>> IndexedDataset([{"x": 1}, {"x": 2}])[1]
         {'x': 2, '__kakurenbo_sample_index__': 1}
+        >>> rows = IndexedDataset([{"x": 1}, {"x": 2}]).__getitems__([1, 0])
+        >>> rows, rows.sample_indices
+        ([{'x': 2}, {'x': 1}], [1, 0])
     """
 
     def __init__(self, dataset):
@@ -53,27 +98,27 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _with_index(self, row, index: int) -> dict:
-        if not isinstance(row, Mapping):
-            raise TypeError(
-                "KakurenboTrainer needs dict-like training samples (a mapping of column to value) to tag them "
-                f"with their index; the training set returned a {type(row).__name__}."
-            )
-        if SAMPLE_INDEX_KEY in row:
-            raise ValueError(f"the training set already has a column named {SAMPLE_INDEX_KEY!r}")
+    def __getitem__(self, index: int) -> dict:
+        row = self._read(self.dataset.__getitem__, index)
+        _check_row(row)
         tagged = dict(row)
         tagged[SAMPLE_INDEX_KEY] = int(index)
         return tagged
 
-    def __getitem__(self, index: int) -> dict:
-        return self._with_index(self._read(self.dataset.__getitem__, index), index)
-
-    def __getitems__(self, indices: list[int]) -> list[dict]:
+    def __getitems__(self, indices: list[int]) -> IndexedRows:
         batched_read = getattr(self.dataset, "__getitems__", None)
         if batched_read is None:
-            batched_read = lambda positions: [self.dataset[i] for i in positions]  # noqa: E731
-        rows = self._read(batched_read, indices)
-        return [self._with_index(row, i) for row, i in zip(rows, indices)]
+            batched_read = self._read_one_by_one
+        rows = IndexedRows(self._read(batched_read, indices), indices)
+        if len(rows) != len(indices):
+            raise ValueError(f"the training set returned {len(rows)} rows for {len(indices)} indices")
+        if rows:
+            _check_row(rows[0])  # rows of one dataset share their type and columns
+        return rows
+
+    def _read_one_by_one(self, indices):
+        dataset = self.dataset
+        return [dataset[i] for i in indices]
 
     def __getattr__(self, name: str) -> Any:
         # Forward attributes like `column_names` or `features` that callers may look up.
@@ -85,7 +130,7 @@ class IndexedDataset(Dataset):
 class IndexCollator:
     """Collate with the user's `collate_fn`, then add the rows' indices as a tensor.
 
-    Rows without the key (evaluation batches) pass through untouched, so one collator can serve
+    Rows that carry no index (evaluation batches) pass through untouched, so one collator can serve
     every dataloader of the Trainer.
     """
 
@@ -93,15 +138,28 @@ class IndexCollator:
         self.collate_fn = collate_fn
 
     def __call__(self, features: list) -> Any:
-        if not features or not isinstance(features[0], Mapping) or SAMPLE_INDEX_KEY not in features[0]:
+        indices = getattr(features, "sample_indices", None)
+        if indices is None and features and isinstance(features[0], Mapping) and SAMPLE_INDEX_KEY in features[0]:
+            return self._collate_tagged(features)
+        if indices is None or not features:
             return self.collate_fn(features)
+        return self._with_indices(self.collate_fn(features), indices)
+
+    def _collate_tagged(self, features: list) -> Any:
+        """Rows tagged one by one (`IndexedDataset[i]`): the key comes out before the user's collator."""
         indices = [feature[SAMPLE_INDEX_KEY] for feature in features]
         stripped = [{k: v for k, v in feature.items() if k != SAMPLE_INDEX_KEY} for feature in features]
-        batch = self.collate_fn(stripped)
+        return self._with_indices(self.collate_fn(stripped), indices)
+
+    @staticmethod
+    def _with_indices(batch, indices) -> Any:
         if not isinstance(batch, MutableMapping):
             raise TypeError(
                 "KakurenboTrainer needs the data collator to return a dict-like batch; "
                 f"got a {type(batch).__name__}."
             )
-        batch[SAMPLE_INDEX_KEY] = torch.tensor(indices, dtype=torch.long)
+        if torch.is_tensor(indices):
+            batch[SAMPLE_INDEX_KEY] = indices.to(dtype=torch.long, copy=True)
+        else:  # through numpy: a quarter of torch.tensor's time on a list of ints; always a copy
+            batch[SAMPLE_INDEX_KEY] = torch.from_numpy(np.array(indices, dtype=np.int64))
         return batch

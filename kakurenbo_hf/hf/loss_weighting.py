@@ -2,7 +2,7 @@
 epochs is the weighted per-sample loss (the arithmetic is in `kakurenbo_hf/weighting.py`), checked
 against the model's own loss at the first step.
 
-Mixed into `KakurenboMixin`; reads its `hiding_args`, `hiding_engine`, `per_sample_statistics_fn`.
+Owned by the `HidingController`; reads the trainer's arguments, model and statistics function.
 """
 
 from __future__ import annotations
@@ -17,40 +17,50 @@ from ..tasks.builtin import fused_log_probs, output_field
 from ..tasks.weighting import DeviceWeights, loss_form, normalisation_matches, per_sample_loss_sums, weighted_loss
 
 
-class LossWeightingMixin:
-    """Per-sample loss weights for the epochs of a strategy that asks for them (`uses_loss_weights`)."""
+class LossWeighting:
+    """Per-sample loss weights for the epochs of a strategy that asks for them (`uses_loss_weights`).
 
-    def _reset_loss_weighting(self) -> None:
+    Args:
+        trainer: the `KakurenboMixin` trainer whose loss is weighted.
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the loss form found at the first step (a new `train()` call checks it again)."""
         self._loss_form = None  # how the model computes its loss, found at the first step
         self._normalise_by_items: bool | None = None  # its denominator (None: not checked yet)
         self._device_weights = DeviceWeights()
 
-    def _weighted_strategy_name(self) -> str | None:
+    def weighted_strategy_name(self) -> str | None:
         """The hiding strategy's name if it weights per-sample losses and hiding is on, else None."""
-        name = self.hiding_args.hiding_strategy
-        weighted = self.hiding_args.hiding_fraction > 0 and strategy_class(name).weights_losses(self.hiding_args)
+        name = self.trainer.hiding_args.hiding_strategy
+        weighted = (self.trainer.hiding_args.hiding_fraction > 0
+                    and strategy_class(name).weights_losses(self.trainer.hiding_args))
         return name if weighted else None
 
-    def _check_loss_weighting_arguments(self) -> None:
+    def check_arguments(self) -> None:
         """Before training: refuse what makes a weighted per-sample loss differ from the model's loss."""
-        name = self._weighted_strategy_name()
+        name = self.weighted_strategy_name()
         if name is None:
             return
-        statistics = self.per_sample_statistics_fn
+        statistics = self.trainer.per_sample_statistics_fn
         cause = None
-        if self.compute_loss_func is not None:
+        if self.trainer.compute_loss_func is not None:
             cause = ("a `compute_loss_func` computes the loss, which per-sample weights cannot reproduce; drop it (the "
                      "model's own cross-entropy is then weighted)")
-        elif self.args.n_gpu > 1:
-            cause = (f"{self.args.n_gpu} GPUs run in one process (torch.nn.DataParallel), whose per-GPU losses the "
+        elif self.trainer.args.n_gpu > 1:
+            cause = (f"{self.trainer.args.n_gpu} GPUs run in one process (torch.nn.DataParallel), whose per-GPU losses the "
                      "weights cannot follow; launch one process per GPU (`torchrun` or `accelerate launch`)")
-        elif not (statistics == self._default_statistics or isinstance(statistics, TaskStatistics)):
+        elif not (statistics == self.trainer._default_statistics or isinstance(statistics, TaskStatistics)):
             cause = ("a custom `per_sample_statistics_fn` gives statistics, not the differentiable per-sample loss the "
                      "weights multiply; pass one of the built-in statistics classes of kakurenbo_hf.tasks (or none: "
                      "the model's task is detected)")
         elif isinstance(statistics, TaskStatistics) and not isinstance(statistics, AutoStatistics):
             try:
-                loss_form(statistics, self.args.label_smoothing_factor)
+                loss_form(statistics, self.trainer.args.label_smoothing_factor)
             except ValueError as error:
                 cause = str(error)
         if cause is not None:
@@ -63,45 +73,45 @@ class LossWeightingMixin:
         """The model's loss as a `LossForm` (its task detected as the built-in statistics detect it)."""
         if fused_log_probs(outputs) is not None:
             raise ValueError(
-                f"hiding_strategy={self.hiding_args.hiding_strategy!r} weights per-sample losses computed from the "
+                f"hiding_strategy={self.trainer.hiding_args.hiding_strategy!r} weights per-sample losses computed from the "
                 "logits, but the model returns fused per-token log-probs (TRL's fused LM head) instead. Turn the fused "
                 "head off, or use hiding_strategy='kakurenbo' or 'random'."
             )
-        statistics = self.per_sample_statistics_fn
+        statistics = self.trainer.per_sample_statistics_fn
         if isinstance(statistics, AutoStatistics):
-            statistics = detect_statistics(statistics.model if statistics.model is not None else self.model,
+            statistics = detect_statistics(statistics.model if statistics.model is not None else self.trainer.model,
                                            outputs, labels)
         elif not isinstance(statistics, TaskStatistics):  # the default: detected from the model
-            statistics = detect_statistics(self.model, outputs, labels)
+            statistics = detect_statistics(self.trainer.model, outputs, labels)
         try:
-            return loss_form(statistics, self.args.label_smoothing_factor)
+            return loss_form(statistics, self.trainer.args.label_smoothing_factor)
         except ValueError as error:
-            raise ValueError(f"hiding_strategy={self.hiding_args.hiding_strategy!r}: {error} Nothing was trained.") \
+            raise ValueError(f"hiding_strategy={self.trainer.hiding_args.hiding_strategy!r}: {error} Nothing was trained.") \
                 from error
 
     def _trainer_loss_scale(self, num_items_in_batch) -> float:
         """The factor `Trainer.compute_loss` applies to a loss normalised over every rank's items."""
-        averaged = self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
+        averaged = self.trainer.args.average_tokens_across_devices and self.trainer.model_accepts_loss_kwargs
         if averaged and num_items_in_batch is not None:
-            if self.args.n_gpu > 1:
-                return self.args.n_gpu
-            tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
-            return self.accelerator.num_processes // tp_size
+            if self.trainer.args.n_gpu > 1:
+                return self.trainer.args.n_gpu
+            tp_size = self.trainer.get_tp_size() if hasattr(self.trainer, "get_tp_size") else 1
+            return self.trainer.hiding_controller.topology.world_size // tp_size
         return 1
 
-    def _weighted_loss(self, loss, outputs, labels, sample_indices, num_items_in_batch):
+    def weighted_loss(self, loss, outputs, labels, sample_indices, num_items_in_batch):
         """The epoch's weighted per-sample loss (the model's `loss` in epochs without weights).
 
         At the first training step of each `train()` call the unweighted form is compared with the
         model's loss (`_choose_normalisation`); the run stops on every rank if they differ.
         """
-        weights = self.hiding_engine.weights
+        weights = self.trainer.hiding_controller.engine.weights
         if weights is None and self._normalise_by_items is not None:
             return loss
         if self._loss_form is None:
             self._loss_form = self._weighting_form(outputs, labels)
         logits = output_field(outputs, "logits")
-        items = num_items_in_batch if self.model_accepts_loss_kwargs and num_items_in_batch is not None else None
+        items = num_items_in_batch if self.trainer.model_accepts_loss_kwargs and num_items_in_batch is not None else None
         scale = self._trainer_loss_scale(num_items_in_batch)
         with torch.no_grad() if weights is None else nullcontext():
             sums, counts = per_sample_loss_sums(logits, labels, self._loss_form)
@@ -120,15 +130,12 @@ class LossWeightingMixin:
         auxiliary = output_field(outputs, "aux_loss")
         matches = [auxiliary is None and match for match in normalisation_matches(
             model_loss, sums, counts, items, scale, low_precision=logits.dtype != torch.float32)]
-        if self.accelerator.num_processes > 1:  # a form every rank reproduces, or none
-            votes = torch.tensor([int(match) for match in matches], device=self.args.device)
-            matches = [int(v) == self.accelerator.num_processes
-                       for v in self.accelerator.reduce(votes, reduction="sum").tolist()]
+        matches = self.trainer.hiding_controller.topology.all_true(matches)  # a form every rank reproduces, or none
         if matches[0] or matches[1]:
             self._normalise_by_items = bool(matches[0])  # where both agree, the Trainer's own normalisation
             return
         self._normalise_by_items = False
-        name = self.hiding_args.hiding_strategy
+        name = self.trainer.hiding_args.hiding_strategy
         if auxiliary is not None:
             cause = ("the model adds an auxiliary loss (`aux_loss`, e.g. a mixture-of-experts router's load-balancing "
                      "loss) to its cross-entropy; set `output_router_logits=False` in its config to train without it")

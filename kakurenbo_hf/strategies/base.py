@@ -2,9 +2,14 @@
 
 A strategy is a small class registered under a name. Adding one is a one-file change: write
 `strategies/<name>.py` with a class decorated by `@register_strategy("<name>")`; every module of
-this package is imported on first use, so `hiding_strategy="<name>"` finds it. Its knobs are
-fields of `KakurenboArguments` (prefixed by the strategy's name), checked by its
-`validate_arguments`.
+this package is imported on first use, so `hiding_strategy="<name>"` finds it. No other file keeps a
+list of strategies: the arguments' validation, the engine, the checkpoint and the trainer
+ask the registry (`available_strategies`, `strategy_class`) and the class (its
+`validate_arguments` and the capability flags below). Helpers for writing one: `toolkit.py`.
+
+A strategy's own settings, if it has any, are (for now) fields of `KakurenboArguments` named
+`<name>_<setting>` (the one other file such a strategy touches), read with
+`toolkit.argument_or_default` and checked by its `validate_arguments`.
 
 What a strategy can ask of the trainer, beyond a hidden set per epoch (all optional):
 
@@ -12,7 +17,7 @@ What a strategy can ask of the trainer, beyond a hidden set per epoch (all optio
   running moments). Runs where the table is (the main process).
 - `state_dict` / `load_state_dict`: arrays that an exact resume needs (checkpointed with the table).
 - `HidingDecision.weights`: per-sample loss weights for the epoch (the trainer then backpropagates
-  the weighted per-sample loss instead of the model's mean; see `weighting.py` and the README).
+  the weighted per-sample loss instead of the model's mean; see `tasks/weighting.py` and the README).
   Declare them with `uses_loss_weights = True`.
 - `refreshes_hidden = False`: no refresh pass (left-out samples keep their latest training loss);
   `lr_compensation = "none"` (or another mode): the LR rule the strategy needs, whatever is asked.
@@ -66,7 +71,7 @@ class HidingStrategy(ABC):
     Args:
         confidence_threshold: tau of the rules that move back unconfident candidates.
         seed: seeds every random draw (with the epoch).
-        arguments: the run's `KakurenboArguments` (a strategy reads its own knobs there).
+        arguments: the run's `KakurenboArguments` (a strategy reads its own settings there).
         num_samples: N, the training set's size.
         num_epochs: epochs of the run (for rules that change over training).
     """
@@ -81,7 +86,7 @@ class HidingStrategy(ABC):
     # rows `batch_selector(rank)` keeps, in every epoch whose target fraction F_e > 0.
     selects_per_batch: bool = False
     # Its decisions carry per-sample loss `weights`: the trainer then checks, before training,
-    # that it can reproduce the model's loss per sample (see `weighting.py`).
+    # that it can reproduce the model's loss per sample (see `tasks/weighting.py`).
     uses_loss_weights: bool = False
     # The `lr_compensation` mode the rule needs whatever the argument says (None: the argument's),
     # e.g. "none" where the loss weights already keep the epoch's summed gradient.
@@ -100,7 +105,9 @@ class HidingStrategy(ABC):
 
     @classmethod
     def validate_arguments(cls, arguments) -> None:
-        """Raise `ValueError` naming the field if one of this strategy's knobs is out of range."""
+        """Raise `ValueError` naming the field if one of this strategy's settings is out of range.
+
+        Called by `KakurenboArguments` validation for the chosen strategy only."""
 
     @classmethod
     def is_shardable(cls) -> bool:
@@ -124,7 +131,7 @@ class HidingStrategy(ABC):
         Called where the table is, for training and refresh records alike. Default: nothing.
         A sample can appear twice in one call (even batches' padding), oldest record first; where a
         flush (epoch start, checkpoint) cuts the records varies, so a strategy that keeps histories
-        must take every record in order (`selection.occurrences`) for resume to be exact.
+        must take every record in order (`toolkit.occurrences`) for resume to be exact.
         """
 
     @property

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
-from .shared import epoch_generator, knob, lowest_seen_mask
+from .toolkit import argument_or_default, epoch_generator, lowest_seen_mask
 
 _STREAM = 0x45475245  # "EGRE"
 
@@ -64,7 +64,7 @@ class EpsilonGreedyStrategy(HidingStrategy):
         k = num_candidates(n, target_fraction)
         seen = int(np.count_nonzero(stats.loss < np.inf))
         kept = max(n - k - (n - seen), 0)  # M': the kept places left to the seen samples
-        explored = num_candidates(kept, float(knob(self.arguments, "epsilon_greedy_epsilon")))
+        explored = num_candidates(kept, float(argument_or_default(self.arguments, "epsilon_greedy_epsilon")))
         exploited = kept - explored
         rest = lowest_seen_mask(stats.loss, seen - exploited)  # the seen samples but the exploited top
         pool = np.flatnonzero(rest)

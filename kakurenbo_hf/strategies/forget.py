@@ -45,7 +45,7 @@ import numpy as np
 
 from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
-from .shared import knob, occurrences
+from .toolkit import argument_or_default, occurrences
 
 _STREAM = 0x464F5247  # "FORG"
 NEVER_LEARNED = np.float32(np.finfo(np.float32).max)  # above any count, below "unseen" (+inf)
@@ -70,8 +70,8 @@ class ForgetStrategy(HidingStrategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.counting_epochs = int(knob(self.arguments, "forget_counting_epochs"))
-        self.fraction = float(knob(self.arguments, "hiding_fraction"))
+        self.counting_epochs = int(argument_or_default(self.arguments, "forget_counting_epochs"))
+        self.fraction = float(argument_or_default(self.arguments, "hiding_fraction"))
         self._state: dict[str, np.ndarray] | None = None  # allocated on first use (the table's rank only)
 
     @classmethod

@@ -41,7 +41,7 @@ import numpy as np
 
 from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, register_strategy
-from .shared import epoch_generator, knob
+from .toolkit import argument_or_default, epoch_generator
 
 _STREAM = 0x494E464F  # "INFO": apart from the sampler's and the other strategies' streams
 
@@ -76,8 +76,8 @@ class InfoBatchStrategy(HidingStrategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.prune_ratio = float(knob(self.arguments, "infobatch_prune_ratio"))
-        self.delta = float(knob(self.arguments, "infobatch_delta"))
+        self.prune_ratio = float(argument_or_default(self.arguments, "infobatch_prune_ratio"))
+        self.delta = float(argument_or_default(self.arguments, "infobatch_delta"))
 
     @classmethod
     def validate_arguments(cls, arguments) -> None:

@@ -42,7 +42,7 @@ import numpy as np
 
 from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
-from .shared import epoch_generator, knob
+from .toolkit import argument_or_default, epoch_generator
 
 _STREAM = 0x49535752  # "ISWR": apart from the sampler's and the other strategies' streams
 
@@ -84,9 +84,9 @@ class ISWRStrategy(HidingStrategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.smoothing = float(knob(self.arguments, "iswr_smoothing"))
-        self.draws_fraction = knob(self.arguments, "iswr_draws_fraction")
-        self.unbiased = bool(knob(self.arguments, "iswr_unbiased"))
+        self.smoothing = float(argument_or_default(self.arguments, "iswr_smoothing"))
+        self.draws_fraction = argument_or_default(self.arguments, "iswr_draws_fraction")
+        self.unbiased = bool(argument_or_default(self.arguments, "iswr_unbiased"))
 
     @classmethod
     def weights_losses(cls, arguments) -> bool:

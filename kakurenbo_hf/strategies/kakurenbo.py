@@ -7,7 +7,9 @@ Rule, at the start of epoch e (after warm-up):
   1. K = floor(F_e * N) candidates: the K samples with the lowest loss (ties broken by sample
      index, as a stable sort would, so every rank agrees).
   2. Move back: a candidate stays visible unless it was predicted correctly AND its confidence
-     (top softmax probability over the classes) is >= tau.
+     is >= tau. Both are the task's (the task table of `kakurenbo_hf.tasks`): for single-label
+     classification the top softmax probability over the classes and argmax == label; for a
+     language model the token accuracy and token accuracy >= 0.5; and so on.
   3. Moved-back slots are not refilled: the realized hidden fraction is usually below F_e.
 
 Knobs: F_e (`hiding_fraction`, default 0.5, times the decay schedule, default none), tau

@@ -26,7 +26,7 @@ import numpy as np
 from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
 from .kakurenbo import KakurenboStrategy
-from .shared import epoch_generator, knob
+from .toolkit import argument_or_default, epoch_generator
 
 RANDOM_COUNTS = ("exact", "kakurenbo")
 _STREAM = 0x52414E44  # "RAND"
@@ -48,7 +48,7 @@ class RandomStrategy(HidingStrategy):
             raise ValueError(f"random_count must be one of {RANDOM_COUNTS}, got {arguments.random_count!r}")
 
     def select(self, stats: SampleStats, target_fraction: float, epoch: int) -> HidingDecision:
-        if knob(self.arguments, "random_count") == "kakurenbo":
+        if argument_or_default(self.arguments, "random_count") == "kakurenbo":
             reference = KakurenboStrategy(self.confidence_threshold, self.seed).select(stats, target_fraction, epoch)
             count, candidates, moved_back = reference.num_hidden, reference.num_candidates, reference.moved_back
         else:

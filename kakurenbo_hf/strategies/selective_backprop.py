@@ -46,14 +46,12 @@ checkpointed per rank.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import numpy as np
-import torch
 
 from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, register_strategy
-from .shared import knob
+from .toolkit import argument_or_default
 
 DEFAULT_BETA = 3.0
 DEFAULT_HISTORY = 1024
@@ -129,42 +127,6 @@ class BackpropSelector:
         self.history = history[-self.history_size :].copy()
 
 
-def take_rows(batch, rows: np.ndarray, batch_size: int, key: str = "batch"):
-    """The rows `rows` of every per-sample entry of `batch` (first dimension `batch_size`).
-
-    Tensors, arrays, lists and tuples are sliced along their first dimension (nested mappings
-    too); scalars, strings and None are kept. An entry with another first dimension cannot be
-    split by sample: refused with a `ValueError` naming it.
-    """
-    if isinstance(batch, Mapping):
-        values = {name: take_rows(value, rows, batch_size, key=str(name)) for name, value in batch.items()}
-        try:
-            return type(batch)(values)
-        except TypeError:
-            return values
-    if isinstance(batch, (torch.Tensor, np.ndarray)):
-        if batch.ndim == 0:
-            return batch
-        if batch.shape[0] != batch_size:
-            raise _unsplittable(key, f"shape {tuple(batch.shape)}", batch_size)
-        if isinstance(batch, np.ndarray):
-            return batch[rows]
-        return batch.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=batch.device))
-    if isinstance(batch, (list, tuple)):
-        if len(batch) != batch_size:
-            raise _unsplittable(key, f"length {len(batch)}", batch_size)
-        return type(batch)(batch[int(row)] for row in rows)
-    return batch
-
-
-def _unsplittable(key: str, what: str, batch_size: int) -> ValueError:
-    return ValueError(
-        f"hiding_strategy='selective_backprop' backpropagates a subset of each batch, so it slices every batch "
-        f"entry along its first dimension (the samples); {key!r} has {what} for a batch of {batch_size} samples and "
-        "cannot be split by sample. Use a collator that puts the samples first in every entry, or another strategy."
-    )
-
-
 @register_strategy("selective_backprop")
 class SelectiveBackpropStrategy(HidingStrategy):
     """Selective Backprop (Jiang et al., 2019): hides nothing per epoch; each step backpropagates
@@ -195,9 +157,9 @@ class SelectiveBackpropStrategy(HidingStrategy):
 
     def batch_selector(self, rank: int) -> BackpropSelector:
         return BackpropSelector(
-            beta=knob(self.arguments, "selective_backprop_beta"),
-            history_size=knob(self.arguments, "selective_backprop_history"),
-            min_probability=knob(self.arguments, "selective_backprop_min_probability"),
+            beta=argument_or_default(self.arguments, "selective_backprop_beta"),
+            history_size=argument_or_default(self.arguments, "selective_backprop_history"),
+            min_probability=argument_or_default(self.arguments, "selective_backprop_min_probability"),
             seed=self.seed,
             rank=rank,
         )

@@ -43,7 +43,7 @@ import numpy as np
 
 from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
-from .shared import knob, lowest_seen_mask, occurrences
+from .toolkit import argument_or_default, lowest_seen_mask, occurrences
 
 
 @register_strategy("ucb")
@@ -62,8 +62,8 @@ class UcbStrategy(HidingStrategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.exploration = float(knob(self.arguments, "ucb_exploration"))
-        self.decay = float(knob(self.arguments, "ucb_decay"))
+        self.exploration = float(argument_or_default(self.arguments, "ucb_exploration"))
+        self.decay = float(argument_or_default(self.arguments, "ucb_decay"))
         self._mean: np.ndarray | None = None  # allocated on first use: ranks without the table never need it
         self._variance: np.ndarray | None = None
 

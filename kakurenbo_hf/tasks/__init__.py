@@ -3,16 +3,13 @@
     KakurenboTrainer(model=gpt2_like_model, ...)                              # detected: causal LM
     KakurenboTrainer(..., per_sample_statistics_fn=CausalLMStatistics(min_accuracy=0.8))  # overridden
 
-| task | detected by | loss | confidence | correct |
-|---|---|---|---|---|
-| single-label classification | 2-D logits, integer labels (batch,) | cross-entropy | top-class probability | argmax == label |
-| multi-label classification | `problem_type="multi_label_classification"` | mean BCE over labels | min over labels of p(true value) | every label right |
-| regression | `problem_type="regression"` | MSE | 1 | True (or every abs error <= tolerance) |
-| causal LM | `*ForCausalLM`, `*LMHeadModel`, decoder-only `*ForConditionalGeneration`, TRL fused head | mean next-token CE over non-ignored labels | token accuracy (fraction of tokens argmax-right) | token accuracy >= 0.5 |
-| seq2seq LM | `config.is_encoder_decoder` | as causal LM, labels not shifted | as causal LM | as causal LM |
-| masked LM | `*ForMaskedLM` | as seq2seq | as seq2seq | as seq2seq |
-| token classification | `*ForTokenClassification` | mean CE over the labelled tokens | class-balanced token accuracy | that accuracy >= 0.5 |
-| semantic segmentation | `*ForSemanticSegmentation`, 4-D logits | mean per-pixel CE (logits upsampled, model's ignore index) | class-balanced pixel accuracy | that accuracy >= 0.5 |
+Every task defines its own per-sample loss, confidence (what `confidence_threshold` tau is
+compared with: the top-class probability for single-label classification only) and correctness.
+The task table below is rendered from the task classes (`builtin.TASK_CLASSES`, in detection
+order; each class declares its name, how it is detected, whether its loss can be weighted and
+its row): `task_table()` returns it, and the tests check the README's copy against it.
+
+{table}
 
 Pure torch: no transformers import (detection reads class names and config attributes).
 """
@@ -21,28 +18,40 @@ from .auto import AutoStatistics, auto_statistics, detect_statistics, unwrap_mod
 from .builtin import (
     DEFAULT_MIN_ACCURACY,
     SEGMENTATION_IGNORE_INDEX,
+    TASK_CLASSES,
     TASKS,
     CausalLMStatistics,
     ClassificationStatistics,
+    MaskedLMStatistics,
     MultiLabelStatistics,
     RegressionStatistics,
+    Seq2SeqLMStatistics,
     SegmentationStatistics,
+    TaskRow,
     TaskStatistics,
     TokenStatistics,
     statistics_for_task,
+    task_table,
 )
 from .kernels import dense_sums, finish, log_prob_sums, position_sums
+
+if __doc__:  # None under python -OO
+    __doc__ = __doc__.replace("{table}", task_table())
 
 __all__ = [
     "AutoStatistics",
     "CausalLMStatistics",
     "ClassificationStatistics",
     "DEFAULT_MIN_ACCURACY",
+    "MaskedLMStatistics",
     "MultiLabelStatistics",
     "RegressionStatistics",
     "SEGMENTATION_IGNORE_INDEX",
     "SegmentationStatistics",
+    "Seq2SeqLMStatistics",
     "TASKS",
+    "TASK_CLASSES",
+    "TaskRow",
     "TaskStatistics",
     "TokenStatistics",
     "auto_statistics",
@@ -52,5 +61,6 @@ __all__ = [
     "log_prob_sums",
     "position_sums",
     "statistics_for_task",
+    "task_table",
     "unwrap_model",
 ]

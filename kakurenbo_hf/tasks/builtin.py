@@ -6,7 +6,7 @@ explicitly with other parameters (`CausalLMStatistics(min_accuracy=0.8)`). All r
 `torch.no_grad()` in float32 chunks (see `kernels.py`), leave the model's loss alone, and give a
 sample whose every label is ignored the "unseen" values (+inf, 0, False): it is never hidden.
 
-Definitions (the README's task table): the engine hides a low-loss candidate only if it is
+Definitions (the task table, `task_table()`): the engine hides a low-loss candidate only if it is
 `correct` with `confidence >= tau` (default 0.7).
 
 - Single-label classification: cross-entropy; top-class probability; argmax == label.
@@ -32,6 +32,8 @@ Definitions (the README's task table): the engine hides a low-loss candidate onl
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -81,13 +83,17 @@ def require_logits(outputs) -> torch.Tensor:
 
 
 def _shape_error(task: str, expected: str, logits: torch.Tensor, labels: torch.Tensor) -> ValueError:
+    classes = ", ".join(cls.__name__ for cls in TASK_CLASSES)
     return ValueError(
         f"KakurenboTrainer's {task} statistics need {expected}; got logits {tuple(logits.shape)} and labels "
         f"{tuple(labels.shape)} ({labels.dtype}). Pass `per_sample_statistics_fn=` one of the classes of "
-        "kakurenbo_hf.tasks (CausalLMStatistics, TokenStatistics, SegmentationStatistics, ClassificationStatistics, "
-        "MultiLabelStatistics, RegressionStatistics) or your own fn(outputs, labels) -> per-sample "
+        f"kakurenbo_hf.tasks ({classes}) or your own fn(outputs, labels) -> per-sample "
         "(loss, confidence, correct), each of shape (batch,)."
     )
+
+
+def _same_batch(logits: torch.Tensor, labels: torch.Tensor) -> bool:
+    return logits.ndim >= 1 and labels.ndim >= 1 and labels.shape[0] == logits.shape[0]
 
 
 def _check(min_accuracy: float, confidence: str) -> None:
@@ -97,10 +103,62 @@ def _check(min_accuracy: float, confidence: str) -> None:
         raise ValueError(f"confidence must be one of {CONFIDENCE_KINDS}, got {confidence!r}")
 
 
+@dataclass(frozen=True)
+class TaskRow:
+    """A built-in task's row of the task table (`task_table()`: `kakurenbo_hf.tasks` and the README)."""
+
+    title: str
+    detected_by: str
+    loss: str
+    confidence: str
+    correct: str
+
+
+# The instance `for_model` returns for a task whose statistics do not depend on the model.
+_SHARED_INSTANCES: dict[type, "TaskStatistics"] = {}
+
+
 class TaskStatistics:
-    """Base class: `task` names the row of the task table."""
+    """Base class of the per-sample statistics; `task` names the row of the task table.
+
+    A built-in task is a subclass listed in `TASK_CLASSES`, the one task table: the class says,
+    in one place, everything the package needs to know about its task.
+
+    - `task`: its name (the key of `TASKS`, `statistics_for_task(task)`).
+    - `weightable`: its model's loss is a plain (optionally label-smoothed) cross-entropy of the
+      logits, which `weighting.py` reproduces per sample: the weighted strategies accept it.
+    - How `detect_statistics` (`auto.py`) recognises it, step by step, each step over the table in
+      its order: `detects_fused_head` (a fused LM head's output), `matches_model` (the model's
+      class names, by default any ending with one of `model_suffixes`, and its config),
+      `problem_type` (`config.problem_type`), `matches_shapes` (logits and labels); `for_model`
+      builds the statistics for the detected model.
+    - `row`: its row of the documented task table.
+    """
 
     task = "custom"
+    weightable = False
+    detects_fused_head = False
+    model_suffixes: tuple[str, ...] = ()
+    problem_type: str | None = None
+    row: TaskRow | None = None
+
+    @classmethod
+    def matches_model(cls, class_names: list[str], config, logits: torch.Tensor) -> bool:
+        """Whether the model (the names of its classes, its config) is of this task."""
+        return any(name.endswith(cls.model_suffixes) for name in class_names)
+
+    @classmethod
+    def matches_shapes(cls, logits: torch.Tensor, labels: torch.Tensor) -> bool:
+        """Whether logits and labels of a model nothing else names have this task's shapes."""
+        return False
+
+    @classmethod
+    def for_model(cls, config) -> TaskStatistics:
+        """The statistics detection picks for a model of this task with `config` (default: shared defaults)."""
+        instance = _SHARED_INSTANCES.get(cls)
+        if instance is None:
+            instance = _SHARED_INSTANCES[cls] = cls()
+        return instance
 
     def __call__(self, outputs, labels: torch.Tensor):  # pragma: no cover - interface
         raise NotImplementedError
@@ -114,6 +172,14 @@ class ClassificationStatistics(TaskStatistics):
     """Single-label classification: logits (batch, classes), integer labels (batch,)."""
 
     task = "single_label_classification"
+    weightable = True
+    problem_type = "single_label_classification"
+    row = TaskRow("single-label classification", "2-D logits, integer labels `(batch,)`", "cross-entropy",
+                  "top-class probability", "argmax == label")
+
+    @classmethod
+    def matches_shapes(cls, logits, labels):
+        return _same_batch(logits, labels) and logits.ndim == 2 and labels.ndim == 1 and not labels.is_floating_point()
 
     def __init__(self, ignore_index: int = IGNORE_INDEX):
         self.ignore_index = ignore_index
@@ -134,6 +200,17 @@ class MultiLabelStatistics(TaskStatistics):
     """
 
     task = "multi_label_classification"
+    problem_type = "multi_label_classification"
+    row = TaskRow("multi-label classification",
+                  '`problem_type="multi_label_classification"`, or float labels shaped like the logits',
+                  "mean binary cross-entropy over the labels",
+                  "the smallest probability given to the true value of any label",
+                  "every label on the right side of 0.5")
+
+    @classmethod
+    def matches_shapes(cls, logits, labels):
+        return (_same_batch(logits, labels) and logits.ndim == 2 and labels.shape == logits.shape
+                and labels.is_floating_point())
 
     def __call__(self, outputs, labels):
         logits = require_logits(outputs)
@@ -166,6 +243,15 @@ class RegressionStatistics(TaskStatistics):
     """
 
     task = "regression"
+    problem_type = "regression"
+    row = TaskRow("regression", '`problem_type="regression"`, or one float label per output', "mean squared error",
+                  "1", "true: the lowest-loss candidates are hidden (`RegressionStatistics(tolerance=t)`: every abs "
+                  "error <= t)")
+
+    @classmethod
+    def matches_shapes(cls, logits, labels):
+        return (_same_batch(logits, labels) and labels.is_floating_point() and labels.numel() == logits.numel()
+                and logits.numel() == logits.shape[0])
 
     def __init__(self, tolerance: float | None = None):
         self.tolerance = tolerance
@@ -190,7 +276,8 @@ class RegressionStatistics(TaskStatistics):
 
 
 class TokenStatistics(TaskStatistics):
-    """Token-level tasks whose labels line up with the logits: seq2seq LM, token classification, masked LM.
+    """Token-level tasks whose labels line up with the logits: token classification, and the base of the
+    seq2seq and masked LM statistics (`TokenStatistics(task="seq2seq_lm")` computes as `Seq2SeqLMStatistics()`).
 
     logits (batch, length, classes), integer labels (batch, length), `ignore_index` (-100) and
     padding ignored. `min_accuracy`: the (balanced) accuracy a sample needs to count as correct.
@@ -201,7 +288,12 @@ class TokenStatistics(TaskStatistics):
     """
 
     task = "token_classification"
+    weightable = True
     shift = 0
+    model_suffixes = ("ForTokenClassification",)
+    row = TaskRow("token classification", "`*ForTokenClassification`", "mean cross-entropy over the labelled tokens",
+                  "class-balanced token accuracy (mean over the classes in the sample's labels of the fraction of "
+                  "their tokens right)", "that accuracy >= 0.5")
 
     def __init__(self, ignore_index: int = IGNORE_INDEX, min_accuracy: float = DEFAULT_MIN_ACCURACY,
                  chunk_bytes: int | None = None, task: str | None = None, confidence: str | None = None):
@@ -235,6 +327,28 @@ class TokenStatistics(TaskStatistics):
                       self.confidence)
 
 
+class Seq2SeqLMStatistics(TokenStatistics):
+    """Encoder-decoder language models (T5, BART, Whisper, ...): labels aligned with the decoder's logits."""
+
+    task = "seq2seq_lm"
+    model_suffixes = ()  # recognised by its config instead (`matches_model`)
+    row = TaskRow("seq2seq LM", "`config.is_encoder_decoder` (T5, BART, Whisper, ...)",
+                  "as causal LM, labels not shifted", "token accuracy", "token accuracy >= 0.5")
+
+    @classmethod
+    def matches_model(cls, class_names, config, logits):
+        return bool(getattr(config, "is_encoder_decoder", False)) and logits.ndim == 3
+
+
+class MaskedLMStatistics(TokenStatistics):
+    """Masked language models: labels aligned with the logits, -100 except at the masked positions."""
+
+    task = "masked_lm"
+    model_suffixes = ("ForMaskedLM",)
+    row = TaskRow("masked LM", "`*ForMaskedLM`", "as seq2seq (the masked positions)", "token accuracy",
+                  "token accuracy >= 0.5")
+
+
 class CausalLMStatistics(TokenStatistics):
     """Causal language models: the logits at position t are scored against the label at t+1.
 
@@ -244,6 +358,14 @@ class CausalLMStatistics(TokenStatistics):
 
     task = "causal_lm"
     shift = 1
+    detects_fused_head = True
+    # Decoder-only `*ForConditionalGeneration` (vision-language models) shift like a causal LM;
+    # encoder-decoder ones are seq2seq, detected first.
+    model_suffixes = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+    row = TaskRow("causal LM", "`*ForCausalLM`, `*LMHeadModel`, decoder-only `*ForConditionalGeneration` (VLMs), "
+                  "TRL's fused LM head", "mean next-token cross-entropy over the non-ignored labels (shifted by one, "
+                  "as the model shifts them)", "token accuracy: fraction of those tokens whose label is the argmax",
+                  "token accuracy >= 0.5")
 
 
 class SegmentationStatistics(TaskStatistics):
@@ -258,6 +380,20 @@ class SegmentationStatistics(TaskStatistics):
     """
 
     task = "semantic_segmentation"
+    model_suffixes = ("ForSemanticSegmentation",)
+    row = TaskRow("semantic segmentation", "`*ForSemanticSegmentation`, or 4-D logits with 3-D integer labels",
+                  "mean per-pixel cross-entropy over the non-ignored pixels, logits upsampled to the mask as the "
+                  "model's loss does", "class-balanced pixel accuracy", "that accuracy >= 0.5")
+
+    @classmethod
+    def matches_shapes(cls, logits, labels):
+        return _same_batch(logits, labels) and logits.ndim == 4 and labels.ndim == 3 and not labels.is_floating_point()
+
+    @classmethod
+    def for_model(cls, config) -> SegmentationStatistics:
+        """With the model's ignore index (`config.semantic_loss_ignore_index`, else 255)."""
+        value = getattr(config, "semantic_loss_ignore_index", None)
+        return cls(ignore_index=SEGMENTATION_IGNORE_INDEX if value is None else int(value))
 
     def __init__(self, ignore_index: int = SEGMENTATION_IGNORE_INDEX, min_accuracy: float = DEFAULT_MIN_ACCURACY,
                  confidence: str = "balanced_accuracy"):
@@ -276,16 +412,30 @@ class SegmentationStatistics(TaskStatistics):
         return finish(sums, self.min_accuracy, self.confidence, per_class)
 
 
-TASKS = {
-    "single_label_classification": ClassificationStatistics,
-    "multi_label_classification": MultiLabelStatistics,
-    "regression": RegressionStatistics,
-    "causal_lm": CausalLMStatistics,
-    "seq2seq_lm": lambda **kw: TokenStatistics(task="seq2seq_lm", **kw),
-    "token_classification": TokenStatistics,
-    "masked_lm": lambda **kw: TokenStatistics(task="masked_lm", **kw),
-    "semantic_segmentation": SegmentationStatistics,
-}
+# The task table: every built-in task, in the order detection tries them (at each step of
+# `detect_statistics`, the first class that matches wins: the specific model classes before the
+# encoder-decoders, before the generic LM heads). Adding a task = a class above, listed here.
+TASK_CLASSES: tuple[type[TaskStatistics], ...] = (
+    SegmentationStatistics,
+    TokenStatistics,
+    MaskedLMStatistics,
+    Seq2SeqLMStatistics,
+    CausalLMStatistics,
+    ClassificationStatistics,
+    MultiLabelStatistics,
+    RegressionStatistics,
+)
+
+TASKS: dict[str, type[TaskStatistics]] = {cls.task: cls for cls in TASK_CLASSES}
+
+
+def task_table() -> str:
+    """The task table in Markdown, one row per built-in task (the docstring of `kakurenbo_hf.tasks`, the README)."""
+    lines = ["| task | detected by | per-sample loss | confidence | correct |", "|---|---|---|---|---|"]
+    for cls in TASK_CLASSES:
+        row = cls.row
+        lines.append(f"| {row.title} | {row.detected_by} | {row.loss} | {row.confidence} | {row.correct} |")
+    return "\n".join(lines)
 
 
 def statistics_for_task(task: str, **params) -> TaskStatistics:

@@ -1,4 +1,4 @@
-"""Per-sample loss weights: the loss a weighted strategy (InfoBatch, ISWR) backpropagates.
+"""Per-sample loss weights: the loss a weighted strategy (`uses_loss_weights`, e.g. InfoBatch) backpropagates.
 
 A strategy whose epoch decision carries `weights` (float32, one per sample) replaces the model's
 loss by the weighted sum of its per-sample cross-entropies, normalised as the model normalises:
@@ -6,8 +6,8 @@ loss by the weighted sum of its per-sample cross-entropies, normalised as the mo
     weighted loss = scale * sum_i w_i * s_i / D
 
     s_i    sum of the cross-entropy over sample i's counted positions: its label (classification)
-           or its non-ignored tokens (causal LM with the labels shifted by one, seq2seq, masked LM,
-           token classification); with label smoothing eps, each position's (1 - eps) * nll +
+           or its non-ignored tokens (the token tasks; causal LM with the labels shifted by one);
+           with label smoothing eps, each position's (1 - eps) * nll +
            eps * mean over the classes of -log p (the Trainer's `LabelSmoother`, exactly)
     D      the model's denominator: `num_items_in_batch` where the Trainer hands it to the loss and
            the model uses it (the counted positions of the whole accumulated batch, all ranks),
@@ -20,7 +20,8 @@ So a weight multiplies the sample's share of the loss, each token of a sequence 
 normalisation stays the model's (mean over the batch's counted positions): the weights are not
 renormalised to sum to the batch size.
 
-Pure torch (the task classes of `kakurenbo_hf.tasks` say what the model is); no transformers.
+Pure torch (the task classes of `kakurenbo_hf.tasks` say what the model is, and with
+`weightable = True` that this module reproduces its loss); no transformers.
 
 Example::
 
@@ -38,10 +39,11 @@ import torch
 import torch.nn.functional as F
 
 from ..core.stats import IGNORE_INDEX
-from .builtin import TaskStatistics
+from .builtin import TASK_CLASSES, TaskStatistics
 
-# Tasks whose model loss is a plain (optionally label-smoothed) cross-entropy this module reproduces.
-WEIGHTED_TASKS = ("single_label_classification", "causal_lm", "seq2seq_lm", "masked_lm", "token_classification")
+# Tasks whose model loss is a plain (optionally label-smoothed) cross-entropy this module reproduces:
+# those the task table marks `weightable`.
+WEIGHTED_TASKS = tuple(task.task for task in TASK_CLASSES if task.weightable)
 
 # Relative tolerance of the first-step comparison: float32 logits give the same loss up to the
 # summation order (~1e-6); 16-bit logits may be reduced in 16 bits by the model or the label
@@ -55,7 +57,7 @@ class LossForm:
     """How the model turns logits and labels into its loss (what `per_sample_loss_sums` mirrors).
 
     Args:
-        task: a key of `WEIGHTED_TASKS`.
+        task: one of `WEIGHTED_TASKS`.
         shift: positions between a logit and its label (1 for causal LMs, else 0).
         ignore_index: the label the loss skips (-100).
         label_smoothing: the Trainer's `label_smoothing_factor` (0: plain cross-entropy).

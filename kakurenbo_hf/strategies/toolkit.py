@@ -1,4 +1,4 @@
-"""Helpers shared by the hidden-set strategies (not a strategy: nothing is registered here).
+"""The toolkit strategies are written with (not a strategy: nothing is registered here).
 
 - `lowest_seen_mask`: the k lowest scores, never a sample whose score is +inf or NaN (unseen,
   or a statistic that diverged): the rule "keep the highest scores" without hiding what the
@@ -8,8 +8,8 @@
 - `occurrences`: which records of one statistics update repeat a sample, so that a strategy with
   per-sample histories takes every record in order and its state does not depend on where the
   flushes (epoch starts, checkpoints) cut the stream of records: exact resume needs that.
-- `knob`: a strategy's field of `KakurenboArguments`, or its default when the strategy was built
-  without arguments (as in unit tests).
+- `argument_or_default`: a field of the run's `KakurenboArguments` (a strategy's own settings),
+  or the field's default when the strategy was built without arguments (as in unit tests).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def occurrences(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, occurrence
 
 
-def knob(arguments, name: str):
+def argument_or_default(arguments, name: str):
     """`arguments.<name>`, or the field's default in `KakurenboArguments` when absent."""
     if arguments is not None and hasattr(arguments, name):
         return getattr(arguments, name)
