@@ -92,6 +92,27 @@ def test_overhead_smoke(tmp_path):
     assert record["verdict"] == ("PASS" if record["ratio_median"] <= overhead.TARGET_RATIO else "MISS")
 
 
+def test_overhead_f0_accounting_smoke(tmp_path):
+    """The added-work estimate: every piece timed, the estimate follows from them, both F=0 jobs kept."""
+    from benchmarks import overhead
+
+    out = tmp_path / "overhead.json"
+    overhead.main(TINY + ["--dataset", "synthetic", "--epochs", "1", "--repeats", "1", "--output", str(out)])
+    record = overhead.main(["--job", "f0_accounting", "--dataset", "synthetic", "--num-classes", "3",
+                            "--instances-per-class", "8", "--test-instances-per-class", "2", "--image-size", "16",
+                            "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2", "--batch-size", "8",
+                            "--step-repeats", "3", "--op-repeats", "5", "--output", str(out)])
+    accounting = record["f0_accounting"]
+    assert accounting["step_seconds"] > 0 and len(accounting["pieces_seconds"]) == 5
+    added = sum(max(0.0, value) for value in accounting["pieces_seconds"].values())
+    assert accounting["added_seconds"] == pytest.approx(added)
+    assert accounting["ratio_estimate"] == pytest.approx(1 + added / accounting["step_seconds"])
+    assert set(record["ratios"]) == {"f0", "f0_accounting"}
+    assert record["ratios"]["f0_accounting"]["verdict"] == (
+        "PASS" if accounting["ratio_estimate"] <= overhead.TARGET_RATIO else "MISS")
+    assert "kakurenbo_f0" in _load(out)["runs"]  # the F=0 job's runs were kept
+
+
 def test_overhead_raises_when_loss_histories_differ(tmp_path, monkeypatch):
     """The benchmark's guard: a KakurenboTrainer(F=0) loss history that differs from the Trainer's fails
     the run (after writing the record), whatever the timings say."""
