@@ -55,6 +55,13 @@ def summary(trainer) -> dict:
     }
 
 
+def versions() -> dict:
+    """The stack whose numerics the reference holds for."""
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
 if __name__ == "__main__":
     out = os.path.abspath(sys.argv[1])
     work = out + "_run"
@@ -63,6 +70,6 @@ if __name__ == "__main__":
     shutil.copytree(os.path.join(work, f"checkpoint-{CHECKPOINT_STEP}"), os.path.join(out, "checkpoint"),
                     dirs_exist_ok=True)
     with open(os.path.join(out, "reference.json"), "w") as handle:
-        json.dump(summary(trainer), handle, indent=1)
+        json.dump({**summary(trainer), "versions": versions()}, handle, indent=1)
     shutil.rmtree(work)
     print(json.dumps(summary(trainer))[:300], np.__version__)
