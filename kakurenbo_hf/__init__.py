@@ -2,9 +2,10 @@
 
     from kakurenbo_hf import KakurenboTrainer, KakurenboTrainingArguments
 
-is all a `Trainer` script needs to change. The algorithm's modules (`config`, `stats`,
-`strategies`, `sampler`, `schedule`, `engine`) do not import transformers; the two Trainer
-classes are loaded on first use, so `import kakurenbo_hf.core.engine` stays light.
+is all a `Trainer` script needs to change. The package is in layers: `core/` (arguments, statistics
+table, engine, sampler, schedules), `strategies/`, `tasks/` and `distributed/` do not import
+transformers; `hf/` is the Trainer layer (its classes are loaded on first use, so
+`import kakurenbo_hf.core.engine` stays light). See docs/design.md.
 """
 
 from .core.config import KakurenboArguments

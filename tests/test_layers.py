@@ -56,3 +56,31 @@ def test_the_package_root_loads_no_transformers_until_a_trainer_is_asked_for():
             "kakurenbo_hf.KakurenboTrainer\nprint('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"], out
+
+
+EXAMPLE_DEPENDENCIES = ("timm", "evaluate", "PIL")
+
+
+def test_the_library_needs_no_example_dependencies():
+    """timm, evaluate and Pillow are extras (`examples`, `tests`): no module of the package imports them at
+    import time, and the only use (rendering fractal images) goes through `pil_image`."""
+    setup = (PACKAGE.parent / "setup.cfg").read_text()
+    requires = setup.split("install_requires =", 1)[1].split("[", 1)[0]
+    assert not any(name in requires for name in ("timm", "evaluate", "pillow")), requires
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                if any(name.split(".")[0] in EXAMPLE_DEPENDENCIES for name in names):
+                    assert id(node) not in top_level, f"{path.relative_to(PACKAGE)} imports {names} at import time"
+                    assert path.name == "fractal.py", f"{path.relative_to(PACKAGE)}: use data.fractal.pil_image()"
+
+
+def test_without_pillow_the_image_rendering_names_the_extra(monkeypatch):
+    from kakurenbo_hf.data.fractal import pil_image
+
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed
+    with pytest.raises(ImportError, match=r'pip install "kakurenbo_hf\[examples\]"'):
+        pil_image()

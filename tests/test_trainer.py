@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 
@@ -511,3 +512,18 @@ def test_speed_metrics_count_the_samples_really_trained(hiding_run):
     trained = sum(p.num_samples - p.num_hidden for p in trainer.hiding_engine.plans)
     assert trained < 4 * 160
     assert metrics["train_samples_per_second"] * metrics["train_runtime"] == pytest.approx(trained, rel=0.02)
+
+
+def test_plain_training_arguments_warn_that_hiding_is_on(tmp_path, train_set, caplog):
+    """Swapping only the Trainer class turns hiding on with the defaults: said once, at warning level."""
+
+    class SwappedOnlyTheClass(KakurenboTrainer):  # its own name: the warning is logged once per message
+        pass
+
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
+    with caplog.at_level(logging.WARNING, logger="kakurenbo_hf"):
+        SwappedOnlyTheClass(model=make_vit(), args=args, train_dataset=train_set, data_collator=collate)
+        SwappedOnlyTheClass(model=make_vit(), args=args, train_dataset=train_set, data_collator=collate)
+    warnings = [r for r in caplog.records if "SwappedOnlyTheClass got plain TrainingArguments" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert "hiding_fraction=0 turns hiding off" in warnings[0].getMessage()

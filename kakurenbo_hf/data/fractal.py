@@ -675,7 +675,7 @@ def _fractal_generator(num_classes, image_size, num_points, seed, min_fill_rate,
     """
     global _GENERATOR_CALLS
     _GENERATOR_CALLS += 1
-    from PIL import Image
+    Image = pil_image()
 
     classes, _ = _sample_classes_cached(num_classes, seed, min_fill_rate, min_maps, max_maps,
                                         sampler)
@@ -691,6 +691,18 @@ def _fractal_generator(num_classes, image_size, num_points, seed, min_fill_rate,
                                    contractive=sampler == "sigma_factor")
         for (c, _), img in zip(chunk, images):
             yield {"image": Image.fromarray(img), "label": c}
+
+
+def pil_image():
+    """`PIL.Image`, or an `ImportError` naming the extra that installs it (images are PIL images)."""
+    try:
+        from PIL import Image
+    except ImportError as error:
+        raise ImportError(
+            "kakurenbo_hf.data renders its fractal images as PIL images and needs Pillow: "
+            'pip install "kakurenbo_hf[examples]" (or pip install pillow).'
+        ) from error
+    return Image
 
 
 def _check_int(name: str, value, minimum: int) -> int:

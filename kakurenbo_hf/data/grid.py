@@ -136,8 +136,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if len(args.image_size) != 1:
         parser.error("give one --image_size for a picture")
-    from PIL import Image
+    from .fractal import pil_image
 
+    Image = pil_image()
     images = dataset_images(args.classes, args.instances, args.image_size[0], args.seed,
                             args.cache_dir, **extra)
     Image.fromarray(grid_image(images, gap=args.gap, zoom=args.zoom)).save(args.output)

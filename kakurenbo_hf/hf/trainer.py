@@ -90,7 +90,15 @@ class KakurenboMixin:
             self.hiding_args = self.args.hiding_arguments()
         else:
             self.hiding_args = KakurenboArguments()
-            logger.info("%s got plain TrainingArguments: using the default hiding arguments.", type(self).__name__)
+            if self.hiding_args.hiding_fraction > 0:
+                logger.warning_once(
+                    f"{type(self).__name__} got plain TrainingArguments, so hiding runs with its defaults "
+                    f"(hiding_strategy={self.hiding_args.hiding_strategy!r}, "
+                    f"hiding_fraction={self.hiding_args.hiding_fraction}): from epoch "
+                    f"{self.hiding_args.hiding_warmup_epochs} on, each epoch leaves out up to that share of the "
+                    "samples the model has learned. Use KakurenboTrainingArguments to set it (hiding_fraction=0 "
+                    "turns hiding off), or transformers.Trainer."
+                )
         # The built-in statistics follow self.model (replaced by model_init, wrapped by PEFT, ...).
         self.per_sample_statistics_fn = per_sample_statistics_fn or self._default_statistics
         self.data_collator = IndexCollator(self.data_collator)
