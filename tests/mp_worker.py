@@ -205,7 +205,7 @@ def run(spec: dict, out: str) -> None:
     else:
         raise ValueError(f"unknown trainer {kind!r}")
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, data_collator=collate)
-    trainer.train(resume_from_checkpoint=spec.get("resume"))
+    output = trainer.train(resume_from_checkpoint=spec.get("resume"))
 
     rank = trainer.accelerator.process_index
     records = trainer.records
@@ -223,6 +223,7 @@ def run(spec: dict, out: str) -> None:
     engine = getattr(trainer, "hiding_engine", None)
     records["plans"] = engine.state_dict()["plans"] if engine is not None else []
     records["sample_counters"] = getattr(trainer, "sample_counters", None)
+    records["train_metrics"] = {key: value for key, value in output.metrics.items() if key.startswith("kakurenbo/")}
     with open(os.path.join(folder, f"rank{rank}.json"), "w") as handle:
         json.dump(records, handle)
     weights = {key: value.detach().cpu().contiguous().clone() for key, value in trainer.model.state_dict().items()}

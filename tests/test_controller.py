@@ -129,3 +129,15 @@ def test_the_trainer_member_check_names_what_is_missing():
 
     check_trainer_members(Trainer)  # the installed transformers has every member
     assert "_run_epoch" in PRIVATE_TRAINER_MEMBERS
+
+
+def test_run_summary_over_the_planned_epochs():
+    controller, _ = make_controller(confidence_threshold=0.0)
+    record_epoch(controller, 40, np.arange(40, dtype=np.float32))
+    controller.plan_epoch(model=None, epoch=1)  # hides 20 of 40
+    controller.count_samples(60, 60)
+    summary = controller.run_summary()
+    assert summary["kakurenbo/samples_backpropagated"] == 60 and summary["kakurenbo/samples_refreshed"] == 0
+    assert summary["kakurenbo/saved_share"] == pytest.approx(0.5)  # one planned epoch, half of it hidden
+    assert summary["kakurenbo/hidden_share_per_epoch"] == [0.5]
+    assert summary["kakurenbo/flush_seconds_total"] >= 0

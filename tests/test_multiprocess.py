@@ -178,6 +178,23 @@ def test_no_hiding_matches_plain_trainer(first):
         assert_same_weights(f0_weights[rank], plain_weights[rank], f"rank {rank}: f0 vs plain Trainer")
 
 
+def test_run_summary_is_the_same_on_every_rank_and_counts_every_rank(first):
+    """train()'s hiding summary: counters summed over both ranks, identical on each, logged on each."""
+    records = read_records(first, "hide")
+    summaries = [r["train_metrics"] for r in records]
+    assert summaries[0] == summaries[1]
+    summary = summaries[0]
+    plans = records[0]["plans"]
+    trained = sum(plan["num_draws"] or plan["num_samples"] - plan["num_hidden"] for plan in plans)
+    # even_batches pads the last batches with repeated samples: every rank trains as many rows per step.
+    assert summary["kakurenbo/samples_backpropagated"] == records[0]["sample_counters"]["backpropagated"] >= trained
+    assert summary["kakurenbo/saved_share"] == pytest.approx(1 - trained / (len(plans) * NUM_SAMPLES))
+    assert summary["kakurenbo/hidden_share_per_epoch"] == [p["num_hidden"] / p["num_samples"] for p in plans]
+    for record in records:
+        final = next(e for e in reversed(record["log_history"]) if "kakurenbo/saved_share" in e)
+        assert final["kakurenbo/samples_backpropagated"] == summary["kakurenbo/samples_backpropagated"]
+
+
 def test_refresh_is_split_across_ranks(first):
     """(e) each rank refreshes its own slice of last epoch's hidden samples; together all of them."""
     records = read_records(first, "hide")

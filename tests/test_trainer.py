@@ -98,8 +98,25 @@ def hiding_run(tmp_path_factory, train_set, eval_set):
         args=training_args(tmp_path / "out", HIDING_RUN, gradient_accumulation_steps=3, hiding_fraction=0.4,
                            hiding_decay_milestones=[0.5], hiding_decay_factors=[0.5], lr_compensation="target"),
         train_dataset=train_set, eval_dataset=eval_set, data_collator=collate, callbacks=[probe])
-    trainer.train()
+    trainer.train_output = trainer.train()
     return trainer, probe
+
+
+def test_train_metrics_and_the_final_log_sum_up_the_hiding(hiding_run, train_set):
+    trainer, _ = hiding_run
+    metrics, plans, counters = trainer.train_output.metrics, trainer.hiding_engine.plans, trainer.sample_counters
+    trained = sum(plan.num_trained for plan in plans)
+    assert metrics["kakurenbo/samples_backpropagated"] == counters["backpropagated"] == trained
+    assert metrics["kakurenbo/samples_forwarded"] == counters["forwarded"] == trained  # no per-batch scoring
+    assert metrics["kakurenbo/samples_refreshed"] == counters["refresh_forwarded"] == sum(p.num_refreshed for p in plans)
+    assert metrics["kakurenbo/saved_share"] == pytest.approx(1 - trained / (len(plans) * len(train_set)))
+    assert metrics["kakurenbo/saved_share"] > 0
+    assert metrics["kakurenbo/hidden_share_per_epoch"] == [plan.hidden_fraction for plan in plans]
+    assert metrics["kakurenbo/refresh_seconds_total"] == pytest.approx(sum(p.refresh_seconds for p in plans))
+    assert metrics["kakurenbo/flush_seconds_total"] == pytest.approx(sum(p.flush_seconds for p in plans))
+    final = next(e for e in reversed(trainer.state.log_history) if "kakurenbo/saved_share" in e)
+    assert {key: final[key] for key in final if key.startswith("kakurenbo/")} == {
+        key: value for key, value in metrics.items() if key.startswith("kakurenbo/") and not isinstance(value, list)}
 
 
 def test_later_epochs_are_shorter(hiding_run):

@@ -387,6 +387,30 @@ class HidingController:
             return sum(plan.num_trained for plan in self.engine.plans)
         return num_train_samples
 
+    def run_summary(self) -> dict[str, float]:
+        """The run's hiding in numbers, for `train()`'s metrics and the final log (`kakurenbo/...`).
+
+        Samples this `train()` call forwarded, backpropagated and refreshed (all ranks); over every
+        epoch planned (a resumed run's earlier epochs included): the share of samples left out of
+        training (`saved_share`), the refresh and flush seconds (of the slowest rank), and the hidden
+        share of each epoch. Collective: the same on every rank.
+        """
+        counters = self.total_sample_counters()
+        plans = self.engine.plans if self.engine is not None else []
+        num_samples = self.engine.num_samples if self.engine is not None else 0
+        planned = len(plans) * num_samples
+        seconds = np.array([sum(plan.refresh_seconds for plan in plans), sum(plan.flush_seconds for plan in plans)])
+        refresh_seconds, flush_seconds = self.topology.gather(seconds).max(axis=0).tolist()
+        return {
+            "kakurenbo/samples_forwarded": counters["forwarded"],
+            "kakurenbo/samples_backpropagated": counters["backpropagated"],
+            "kakurenbo/samples_refreshed": counters["refresh_forwarded"],
+            "kakurenbo/saved_share": 1.0 - sum(plan.num_trained for plan in plans) / planned if planned else 0.0,
+            "kakurenbo/refresh_seconds_total": refresh_seconds,
+            "kakurenbo/flush_seconds_total": flush_seconds,
+            "kakurenbo/hidden_share_per_epoch": [plan.hidden_fraction for plan in plans],
+        }
+
     def total_sample_counters(self) -> dict[str, int]:
         """`sample_counters`: samples this `train()` call forwarded, backpropagated and refreshed, all ranks summed."""
         forwarded, backpropagated = self.topology.sum_ints([self.counts.forwarded, self.counts.backpropagated])

@@ -301,8 +301,11 @@ class KakurenboMixin:
     def _finalize_training(self, trial, num_train_samples, start_time):
         # The Trainer assumes full epochs; count the samples really trained for its speed metrics.
         num_train_samples = self.hiding_controller.num_trained_samples(num_train_samples)
-        self.hiding_controller.total_sample_counters()
-        return super()._finalize_training(trial, num_train_samples, start_time)
+        summary = self.hiding_controller.run_summary()
+        self.log({key: value for key, value in summary.items() if not isinstance(value, list)})  # to report_to
+        output = super()._finalize_training(trial, num_train_samples, start_time)
+        output.metrics.update(summary)
+        return output
 
     # --- tasks ---------------------------------------------------------------------------------
 
