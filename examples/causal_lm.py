@@ -292,16 +292,13 @@ def blocks_of(raw, tokenizer, data_args, training_args, text_column):
                              num_proc=data_args.preprocessing_num_workers, desc="Grouping into blocks")
 
 
-def kind_report(trainer, kinds):
-    """Per kind of block: how many exist, how many were hidden in some epoch, and the final statistics."""
-    engine = trainer.hiding_engine
-    if engine is None:
-        return {}
-    ever = np.zeros(len(kinds), dtype=bool)
-    for hidden in trainer.hidden_history:
-        ever[hidden] = True
+def kind_report(hiding, kinds):
+    """Per kind of block: how many exist, how many were hidden in some epoch, and the final statistics,
+    from the run's `HidingReport` (`trainer.hiding_report()`)."""
+    samples = hiding.samples()
+    ever = samples["epochs_hidden"] > 0
+    last = samples["hidden_last_epoch"]
     kinds = np.asarray(kinds)
-    stats = engine.stats
     report = {}
     for kind in (UNIQUE, DUPLICATE, NOISE):
         rows = kinds == kind
@@ -310,11 +307,10 @@ def kind_report(trainer, kinds):
         report[kind] = {
             "blocks": int(rows.sum()),
             "ever_hidden": int(ever[rows].sum()),
-            "hidden_last_epoch": int(trainer.hidden_history[-1][rows[trainer.hidden_history[-1]]].size)
-            if trainer.hidden_history else 0,
-            "mean_confidence": float(np.asarray(stats.confidence[rows], dtype=np.float32).mean()),
-            "correct": float(stats.correct[rows].mean()),
-            "mean_loss": float(np.mean(finite)) if (finite := stats.loss[rows][np.isfinite(stats.loss[rows])]).size
+            "hidden_last_epoch": int(last[rows].sum()),
+            "mean_confidence": float(samples["confidence"][rows].mean()),
+            "correct": float(samples["correct"][rows].mean()),
+            "mean_loss": float(np.mean(finite)) if (finite := samples["loss"][rows][np.isfinite(samples["loss"][rows])]).size
             else float("nan"),
         }
     return report
@@ -355,17 +351,6 @@ def definitions_report(model, dataset, kinds, threshold, batch_size=64):
             for kind in (UNIQUE, DUPLICATE, NOISE) if (kinds == kind).any()}
 
 
-def recording(trainer_cls):
-    """`trainer_cls` that keeps the indices hidden in each epoch (`hidden_history`)."""
-    class Recording(trainer_cls):
-        hidden_history: list
-
-        def on_epoch_plan(self, plan):
-            self.__dict__.setdefault("hidden_history", []).append(np.flatnonzero(self.hiding_engine.hidden))
-
-    return Recording
-
-
 def run(training_args, model, tokenizer, train_dataset, eval_dataset, plain=False):
     if plain:
         args = TrainingArguments(**{f.name: getattr(training_args, f.name) for f in dataclasses.fields(TrainingArguments)
@@ -374,11 +359,10 @@ def run(training_args, model, tokenizer, train_dataset, eval_dataset, plain=Fals
                           eval_dataset=eval_dataset if args.do_eval else None, processing_class=tokenizer,
                           data_collator=default_data_collator)
     else:
-        trainer = recording(KakurenboTrainer)(
+        trainer = KakurenboTrainer(
             model=model, args=training_args, train_dataset=train_dataset if training_args.do_train else None,
             eval_dataset=eval_dataset if training_args.do_eval else None, processing_class=tokenizer,
             data_collator=default_data_collator)
-        trainer.hidden_history = []
     results = {}
     if training_args.do_train:
         started = time.perf_counter()
@@ -431,8 +415,9 @@ def main(args_list=None):
 
     trainer, results = run(training_args, model, tokenizer, train_dataset, eval_dataset)
     if training_args.do_train:
-        results["kinds"] = kind_report(trainer, kinds)
-        results["hidden_per_epoch"] = [int(h.size) for h in trainer.hidden_history]
+        hiding = trainer.hiding_report()  # what was hidden, epoch by epoch and sample by sample
+        results["kinds"] = kind_report(hiding, kinds)
+        results["hidden_per_epoch"] = [row["num_hidden"] for row in hiding.epochs()]
         if embedded:
             results["definitions"] = definitions_report(trainer.model, train_dataset, kinds,
                                                         trainer.hiding_args.confidence_threshold)

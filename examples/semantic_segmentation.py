@@ -239,14 +239,6 @@ def build_model(model_args, num_labels, num_channels):
     return SegformerForSemanticSegmentation(config)
 
 
-def recording(trainer_cls):
-    class Recording(trainer_cls):
-        def on_epoch_plan(self, plan):
-            self.hidden_history.append(np.flatnonzero(self.hiding_engine.hidden))
-
-    return Recording
-
-
 def run(training_args, model, train_dataset, eval_dataset, num_labels, plain=False, statistics_fn=None):
     common = dict(model=model, train_dataset=train_dataset if training_args.do_train else None,
                   eval_dataset=eval_dataset if training_args.do_eval else None, data_collator=collate,
@@ -256,8 +248,7 @@ def run(training_args, model, train_dataset, eval_dataset, num_labels, plain=Fal
                                     if f.init})
         trainer = Trainer(args=args, **common)
     else:
-        trainer = recording(KakurenboTrainer)(args=training_args, per_sample_statistics_fn=statistics_fn, **common)
-        trainer.hidden_history = []
+        trainer = KakurenboTrainer(args=training_args, per_sample_statistics_fn=statistics_fn, **common)
     results = {}
     if training_args.do_train:
         started = time.perf_counter()
@@ -311,12 +302,11 @@ def main(args_list=None):
                                                confidence=data_args.statistics_confidence)
     trainer, results = run(training_args, model, train_dataset, eval_dataset, num_labels, statistics_fn=statistics_fn)
     if training_args.do_train:
-        ever = np.zeros(len(train_dataset), dtype=bool)
-        for hidden in trainer.hidden_history:
-            ever[hidden] = True
+        hiding = trainer.hiding_report()  # what was hidden, epoch by epoch and sample by sample
+        ever = hiding.samples()["epochs_hidden"] > 0
         wrong = np.zeros(len(train_dataset), dtype=bool)
         wrong[noisy] = True
-        results["hidden_per_epoch"] = [int(h.size) for h in trainer.hidden_history]
+        results["hidden_per_epoch"] = [row["num_hidden"] for row in hiding.epochs()]
         results["clean_ever_hidden"] = [int(ever[~wrong].sum()), int((~wrong).sum())]
         results["mislabelled_ever_hidden"] = [int(ever[wrong].sum()), int(wrong.sum())]
     if data_args.compare_plain:

@@ -10,6 +10,7 @@ transformers; `hf/` is the Trainer layer (its classes are loaded on first use, s
 
 from .core.config import KakurenboArguments
 from .core.engine import EpochPlan, HidingEngine
+from .core.report import HidingReport
 from .core.sampler import HidingSampler
 from .core.stats import SampleStats, per_sample_statistics
 from .strategies import HidingStrategy, available_strategies, build_strategy, register_strategy
@@ -41,6 +42,7 @@ def __getattr__(name: str):
 __all__ = [
     "EpochPlan",
     "HidingEngine",
+    "HidingReport",
     "HidingSampler",
     "HidingStrategy",
     "KakurenboArguments",

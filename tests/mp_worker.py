@@ -224,6 +224,15 @@ def run(spec: dict, out: str) -> None:
     records["plans"] = engine.state_dict()["plans"] if engine is not None else []
     records["sample_counters"] = getattr(trainer, "sample_counters", None)
     records["train_metrics"] = {key: value for key, value in output.metrics.items() if key.startswith("kakurenbo/")}
+    if hasattr(trainer, "hiding_report"):  # collective: every rank assembles the whole table
+        report = trainer.hiding_report()
+        samples = report.samples()
+        records["report"] = {
+            "hidden": {str(e["epoch"]): report.hidden_indices(e["epoch"]).tolist() for e in report.epochs()},
+            "loss": samples["loss"].astype(float).tolist(), "correct": samples["correct"].tolist(),
+            "epochs_hidden": samples["epochs_hidden"].tolist(),
+            "longest_hidden_streak": samples["longest_hidden_streak"].tolist(),
+        }
     with open(os.path.join(folder, f"rank{rank}.json"), "w") as handle:
         json.dump(records, handle)
     weights = {key: value.detach().cpu().contiguous().clone() for key, value in trainer.model.state_dict().items()}

@@ -139,5 +139,5 @@ def test_run_summary_over_the_planned_epochs():
     summary = controller.run_summary()
     assert summary["kakurenbo/samples_backpropagated"] == 60 and summary["kakurenbo/samples_refreshed"] == 0
     assert summary["kakurenbo/saved_share"] == pytest.approx(0.5)  # one planned epoch, half of it hidden
-    assert summary["kakurenbo/hidden_share_per_epoch"] == [0.5]
+    assert summary["kakurenbo/hidden_share/epoch_1"] == 0.5
     assert summary["kakurenbo/flush_seconds_total"] >= 0

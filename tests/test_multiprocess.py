@@ -18,6 +18,8 @@ final weights; the tests compare the ranks' records with each other and with the
 
 from __future__ import annotations
 
+import glob
+import math
 import os
 
 import numpy as np
@@ -189,10 +191,36 @@ def test_run_summary_is_the_same_on_every_rank_and_counts_every_rank(first):
     # even_batches pads the last batches with repeated samples: every rank trains as many rows per step.
     assert summary["kakurenbo/samples_backpropagated"] == records[0]["sample_counters"]["backpropagated"] >= trained
     assert summary["kakurenbo/saved_share"] == pytest.approx(1 - trained / (len(plans) * NUM_SAMPLES))
-    assert summary["kakurenbo/hidden_share_per_epoch"] == [p["num_hidden"] / p["num_samples"] for p in plans]
+    assert [summary[f"kakurenbo/hidden_share/epoch_{p['epoch']}"] for p in plans] == [
+        p["num_hidden"] / p["num_samples"] for p in plans]
     for record in records:
         final = next(e for e in reversed(record["log_history"]) if "kakurenbo/saved_share" in e)
         assert final["kakurenbo/samples_backpropagated"] == summary["kakurenbo/samples_backpropagated"]
+
+
+def test_hiding_report_is_whole_and_the_same_on_every_rank(first):
+    """trainer.hiding_report() in two processes (a sharded table): every rank gets every sample's statistics
+    and each epoch's hidden set as trained; a checkpoint (sharded table files) reports the same epochs."""
+    from kakurenbo_hf import HidingReport
+
+    records = read_records(first, "hide")
+    reports = [r["report"] for r in records]
+    assert reports[0] == reports[1]
+    report = reports[0]
+    assert len(report["loss"]) == NUM_SAMPLES and all(math.isfinite(loss) for loss in report["loss"])
+    for epoch, hidden in report["hidden"].items():
+        assert hidden == records[0]["epochs"][epoch]["hidden"], f"epoch {epoch}"
+    counts = np.zeros(NUM_SAMPLES, dtype=int)
+    for hidden in report["hidden"].values():
+        counts[hidden] += 1
+    assert report["epochs_hidden"] == counts.tolist() and max(report["epochs_hidden"]) > 0
+    assert all(0 < s <= c for s, c in zip(report["longest_hidden_streak"], counts) if c)
+    checkpoints = sorted(glob.glob(os.path.join(first, "hide", "output", "checkpoint-*")),
+                         key=lambda path: int(path.rsplit("-", 1)[1]))
+    from_disk = HidingReport.from_checkpoint(checkpoints[-1])
+    assert from_disk.num_samples == NUM_SAMPLES and from_disk.stats["loss"].shape == (NUM_SAMPLES,)
+    for row in from_disk.epochs():
+        assert from_disk.hidden_indices(row["epoch"]).tolist() == report["hidden"][str(row["epoch"])]
 
 
 def test_refresh_is_split_across_ranks(first):

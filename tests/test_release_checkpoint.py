@@ -62,3 +62,16 @@ def test_resume_from_a_previous_release_checkpoint_is_exact(resumed_trainer, ref
     assert resumed["losses"] == reference["losses"]
     assert resumed["hidden"] == reference["hidden"]
     assert resumed["weights_sha256"] == reference["weights_sha256"]
+
+
+def test_a_previous_release_checkpoint_reports_its_last_hidden_set():
+    """0.1.0 kept only the current epoch's hidden set: the report has that one, and says so for the others."""
+    from kakurenbo_hf import HidingReport
+
+    report = HidingReport.from_checkpoint(str(FIXTURE / "checkpoint"))
+    rows = report.epochs()
+    assert [row["hidden_set_recorded"] for row in rows] == [False, True]
+    assert len(report.hidden_indices(1)) == rows[1]["num_hidden"] > 0
+    with pytest.raises(ValueError, match="not recorded"):
+        report.hidden_indices(0)
+    assert report.samples()["epochs_hidden"].sum() == rows[1]["num_hidden"]

@@ -111,12 +111,62 @@ def test_train_metrics_and_the_final_log_sum_up_the_hiding(hiding_run, train_set
     assert metrics["kakurenbo/samples_refreshed"] == counters["refresh_forwarded"] == sum(p.num_refreshed for p in plans)
     assert metrics["kakurenbo/saved_share"] == pytest.approx(1 - trained / (len(plans) * len(train_set)))
     assert metrics["kakurenbo/saved_share"] > 0
-    assert metrics["kakurenbo/hidden_share_per_epoch"] == [plan.hidden_fraction for plan in plans]
+    assert [metrics[f"kakurenbo/hidden_share/epoch_{plan.epoch}"] for plan in plans] == [
+        plan.hidden_fraction for plan in plans]
     assert metrics["kakurenbo/refresh_seconds_total"] == pytest.approx(sum(p.refresh_seconds for p in plans))
     assert metrics["kakurenbo/flush_seconds_total"] == pytest.approx(sum(p.flush_seconds for p in plans))
     final = next(e for e in reversed(trainer.state.log_history) if "kakurenbo/saved_share" in e)
     assert {key: final[key] for key in final if key.startswith("kakurenbo/")} == {
-        key: value for key, value in metrics.items() if key.startswith("kakurenbo/") and not isinstance(value, list)}
+        key: value for key, value in metrics.items() if key.startswith("kakurenbo/")}
+    trainer.log_metrics("train", metrics)  # HF's metrics printer takes them (scalars only)
+
+
+def test_hiding_report_after_train(hiding_run, train_set):
+    """The public report: each epoch's hidden set as the selection chose it, per-sample statistics of the
+    table, hidden counts and streaks, and exports merged with the training set's columns."""
+    from kakurenbo_hf import HidingReport
+
+    trainer, _ = hiding_run
+    report = trainer.hiding_report()
+    assert isinstance(report, HidingReport) and [row["epoch"] for row in report.epochs()] == [0, 1, 2, 3]
+    masks = []
+    for _, _, _, hidden, plan in trainer.seen:  # what each selection chose (on_epoch_plan)
+        assert report.hidden_indices(plan.epoch).tolist() == np.flatnonzero(hidden).tolist()
+        masks.append(hidden)
+    samples = report.samples()
+    assert samples["epochs_hidden"].tolist() == np.sum(masks, axis=0).tolist() and samples["epochs_hidden"].max() > 0
+    streaks = np.zeros(len(train_set), dtype=int)
+    longest = np.zeros(len(train_set), dtype=int)
+    for mask in masks:
+        streaks = np.where(mask, streaks + 1, 0)
+        longest = np.maximum(longest, streaks)
+    assert samples["longest_hidden_streak"].tolist() == longest.tolist()
+    assert np.array_equal(samples["loss"], trainer.hiding_engine.stats.loss)
+    assert np.array_equal(samples["correct"], trainer.hiding_engine.stats.correct)
+    merged = report.to_dataset(train_set)
+    assert merged.column_names[: len(train_set.column_names)] == train_set.column_names
+    assert merged[7]["index"] == 7 and merged[7]["epochs_hidden"] == int(samples["epochs_hidden"][7])
+    frame = report.to_pandas()
+    assert len(frame) == len(train_set) and frame.loc[5, "longest_hidden_streak"] == longest[5]
+
+
+def test_hiding_report_from_a_checkpoint_needs_no_trainer(tmp_path, train_set):
+    trainer = KakurenboTrainer(model=make_vit(seed=3), train_dataset=train_set, data_collator=collate,
+                               args=training_args(tmp_path / "out", HIDING_RUN, save_strategy="epoch"))
+    trainer.train()
+    from kakurenbo_hf import HidingReport
+
+    from_disk = HidingReport.from_checkpoint(str(tmp_path / "out" / f"checkpoint-{trainer.state.global_step}"))
+    in_memory = trainer.hiding_report()
+    assert from_disk.epochs() == in_memory.epochs()
+    for row in in_memory.epochs():
+        assert np.array_equal(from_disk.hidden_indices(row["epoch"]), in_memory.hidden_indices(row["epoch"]))
+    for name, values in in_memory.samples().items():
+        assert np.array_equal(from_disk.samples()[name], values), name
+    with pytest.raises(ValueError, match="was not planned"):
+        from_disk.hidden_indices(9)
+    with pytest.raises(ValueError, match="has no kakurenbo_state"):
+        HidingReport.from_checkpoint(str(tmp_path))
 
 
 def test_later_epochs_are_shorter(hiding_run):

@@ -131,6 +131,9 @@ class HidingEngine:
         self.weights: np.ndarray | None = None
         self.draws: np.ndarray | None = None
         self.plans: list[EpochPlan] = []
+        # Each planned epoch's final hidden set (packed, N/8 bytes; None: not recorded, as in checkpoints of
+        # releases before 0.2.0), for `HidingReport`.
+        self.hidden_history: list[np.ndarray | None] = []
         # The RNG state an order rule that draws from the global RNG (length grouping) used for the
         # current epoch: a resume redraws the same order from it. Empty when unused.
         self.order_rng_state = np.zeros(0, dtype=np.uint8)
@@ -339,6 +342,13 @@ class HidingEngine:
         """The plan's LR factor from the fraction it leaves untrained (and F_e, for `target`)."""
         return lr_factor(self.lr_compensation, plan.target_fraction, 1.0 - plan.num_trained / self.num_samples)
 
+    def remember_hidden_set(self) -> None:
+        """Keep the current epoch's hidden set, as it will train (after the last-batch fix and the broadcast)."""
+        position = len(self.plans) - 1
+        del self.hidden_history[position:]  # an epoch planned again replaces its entry
+        self.hidden_history += [None] * (position - len(self.hidden_history))
+        self.hidden_history.append(self.hidden_bits.copy())
+
     def note_refresh(self, seconds: float, num_refreshed: int, flush_seconds: float = 0.0) -> None:
         """The epoch boundary before the current plan: the refresh pass took `seconds` for `num_refreshed`
         samples (all ranks), the flush of records to the table `flush_seconds` (this rank's)."""
@@ -385,6 +395,7 @@ class HidingEngine:
             "weights": self.weights.copy() if self.weights is not None else np.zeros(0, dtype=np.float32),
             "draws": self.draws.astype(np.int64) if self.draws is not None else np.zeros(0, dtype=np.int64),
             "strategy": self.strategy.state_dict() if self.stats is not None else {},
+            **history_arrays(self.hidden_history, self.hidden_bits.size),
         }
 
     @staticmethod
@@ -421,7 +432,30 @@ class HidingEngine:
             self.strategy.seed = self.seed
         self.hidden = np.asarray(state["hidden"], dtype=bool).copy()
         self.plans = [EpochPlan(**plan) for plan in state["plans"]]
+        self.hidden_history = history_from_state(state, len(self.plans))
         self.order_rng_state = np.asarray(state.get("order_rng_state", np.zeros(0)), dtype=np.uint8).copy()
         weights, draws = state.get("weights"), state.get("draws")
         self.weights = np.asarray(weights, dtype=np.float32).copy() if weights is not None and len(weights) else None
         self.draws = np.asarray(draws, dtype=np.int64).copy() if draws is not None and len(draws) else None
+
+
+def history_arrays(history: list[np.ndarray | None], num_bytes: int) -> dict[str, np.ndarray]:
+    """The hidden history as two arrays: packed sets (E, N/8; zeros where not recorded) and a recorded mask."""
+    stacked = np.zeros((len(history), num_bytes), dtype=np.uint8)
+    recorded = np.zeros(len(history), dtype=bool)
+    for row, bits in enumerate(history):
+        if bits is not None:
+            stacked[row], recorded[row] = bits, True
+    return {"hidden_history": stacked, "hidden_history_recorded": recorded}
+
+
+def history_from_state(state: dict, num_plans: int) -> list[np.ndarray | None]:
+    """The per-epoch hidden sets of a state; a state without them (releases before 0.2.0) gives only the
+    last epoch's, from its current hidden mask."""
+    stacked, recorded = state.get("hidden_history"), state.get("hidden_history_recorded")
+    if stacked is not None and recorded is not None and len(stacked) == len(recorded) == num_plans:
+        return [np.asarray(row, dtype=np.uint8).copy() if known else None for row, known in zip(stacked, recorded)]
+    history: list[np.ndarray | None] = [None] * num_plans
+    if num_plans and state.get("hidden") is not None:
+        history[-1] = np.packbits(np.asarray(state["hidden"], dtype=bool))
+    return history

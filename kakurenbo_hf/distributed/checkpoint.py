@@ -32,7 +32,7 @@ HIDING_STATE_NAME = "kakurenbo_state.safetensors"
 _READ_CHUNK = 1 << 22  # rows per read of a table array
 
 # Arrays at the top level of the state; the groups' arrays are stored as "<group>_<name>".
-_TOP_ARRAYS = ("hidden", "order_rng_state", "weights", "draws")
+_TOP_ARRAYS = ("hidden", "order_rng_state", "weights", "draws", "hidden_history", "hidden_history_recorded")
 _REQUIRED_TOP = ("hidden",)  # the others are absent from files written before they existed
 _GROUPS = ("stats", "strategy")  # held by the table's rank only (loaded with `with_stats`)
 

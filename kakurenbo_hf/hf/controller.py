@@ -26,7 +26,8 @@ from ..core.engine import EpochPlan, HidingEngine
 from ..core.refresh_slice import plan_refresh_batches
 from ..core.sampler import HidingSampler
 from ..core.schedule import find_virtual_scheduler, wrap_scheduler
-from ..core.sharding import Shard, shard_of, whole_table
+from ..core.report import HidingReport
+from ..core.sharding import Shard, shard_block, shard_of, whole_table
 from ..distributed.checkpoint import (HIDING_STATE_NAME, load_hiding_state, load_rank_state, save_hiding_state,
                                       save_rank_state, save_table_shard)
 from ..distributed.recorder import StatsRecorder
@@ -205,6 +206,7 @@ class HidingController:
             if not engine.holds_table:
                 engine.adopt(EpochPlan(**values), bits, weights=weights, draws=draws)
         engine.note_refresh(refresh_seconds, len(to_refresh), flush_seconds)
+        engine.remember_hidden_set()
         self.trainer.on_epoch_plan(engine.current_plan)
         return engine.current_plan
 
@@ -381,6 +383,37 @@ class HidingController:
 
     # --- the run's end -----------------------------------------------------------------------------
 
+    def report(self) -> HidingReport:
+        """The run's `HidingReport` on every rank (collective in a multi-process run: every rank calls it).
+
+        The statistics table is assembled from where it lives: this process, every rank's shard
+        (all-gathered), or the main process (broadcast).
+        """
+        engine = self.engine
+        if engine is None:
+            raise ValueError("no hiding report before training: call it after trainer.train(), or read a checkpoint "
+                             "with HidingReport.from_checkpoint(folder)")
+        self.flush()  # records since the last epoch start reach the table
+        return HidingReport(engine.num_samples, engine.plans, engine.hidden_history, self._whole_table())
+
+    def _whole_table(self) -> dict[str, np.ndarray]:
+        engine, topology = self.engine, self.topology
+        if not topology.is_distributed:
+            return engine.stats.state_dict()
+        columns = {}
+        for name, dtype in (("loss", np.float32), ("confidence", np.float32), ("correct", np.bool_)):
+            if engine.sharded:  # every rank's rows, padded to one block, all-gathered in rank order
+                block = shard_block(engine.num_samples, topology.world_size)
+                padded = np.zeros(block, dtype=dtype)
+                values = getattr(engine.stats, name)
+                padded[: values.size] = values
+                columns[name] = topology.gather(padded).reshape(-1)[: engine.num_samples]
+            else:  # the main process holds the table
+                values = getattr(engine.stats, name) if engine.stats is not None else None
+                torch_dtype = {np.float32: torch.float32, np.bool_: torch.bool}[dtype]
+                columns[name] = topology.broadcast_array(values, engine.num_samples, torch_dtype).astype(dtype)
+        return columns
+
     def num_trained_samples(self, num_train_samples: int) -> int:
         """Samples the run really trained (the Trainer assumes full epochs in its speed metrics)."""
         if self.engine is not None and self.engine.enabled:
@@ -393,7 +426,7 @@ class HidingController:
         Samples this `train()` call forwarded, backpropagated and refreshed (all ranks); over every
         epoch planned (a resumed run's earlier epochs included): the share of samples left out of
         training (`saved_share`), the refresh and flush seconds (of the slowest rank), and the hidden
-        share of each epoch. Collective: the same on every rank.
+        share of each epoch (`kakurenbo/hidden_share/epoch_<e>`). Collective: the same on every rank.
         """
         counters = self.total_sample_counters()
         plans = self.engine.plans if self.engine is not None else []
@@ -408,7 +441,8 @@ class HidingController:
             "kakurenbo/saved_share": 1.0 - sum(plan.num_trained for plan in plans) / planned if planned else 0.0,
             "kakurenbo/refresh_seconds_total": refresh_seconds,
             "kakurenbo/flush_seconds_total": flush_seconds,
-            "kakurenbo/hidden_share_per_epoch": [plan.hidden_fraction for plan in plans],
+            # One scalar per epoch (metrics and loggers take scalars; `trainer.log_metrics` formats them).
+            **{f"kakurenbo/hidden_share/epoch_{plan.epoch}": plan.hidden_fraction for plan in plans},
         }
 
     def total_sample_counters(self) -> dict[str, int]:

@@ -113,6 +113,13 @@ class KakurenboMixin:
     def hiding_sampler(self) -> HidingSampler | None:
         return self.hiding_controller.sampler
 
+    def hiding_report(self):
+        """What the run hid: each epoch's hidden set, the epoch plans and every sample's statistics, hidden
+        count and longest hidden streak (`kakurenbo_hf.HidingReport`). After `train()`; in a multi-process
+        run every rank must call it (the table is assembled across ranks). From a checkpoint, without a
+        Trainer: `HidingReport.from_checkpoint(folder)`."""
+        return self.hiding_controller.report()
+
     @property
     def sample_counters(self) -> dict[str, int] | None:
         """After `train()`: samples forwarded, backpropagated and refreshed, all ranks summed."""
@@ -302,7 +309,7 @@ class KakurenboMixin:
         # The Trainer assumes full epochs; count the samples really trained for its speed metrics.
         num_train_samples = self.hiding_controller.num_trained_samples(num_train_samples)
         summary = self.hiding_controller.run_summary()
-        self.log({key: value for key, value in summary.items() if not isinstance(value, list)})  # to report_to
+        self.log(dict(summary))  # to report_to (TensorBoard, W&B, ...)
         output = super()._finalize_training(trial, num_train_samples, start_time)
         output.metrics.update(summary)
         return output
