@@ -15,7 +15,7 @@ from .core.sampler import HidingSampler
 from .core.stats import SampleStats, per_sample_statistics
 from .strategies import HidingStrategy, available_strategies, build_strategy, register_strategy
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "KakurenboTrainer": "hf.trainer",

@@ -27,9 +27,15 @@ exact = pytest.mark.skipif(not SAME_STACK, reason=f"the reference's numerics hol
                                                   f"this environment has {versions()}")
 
 
+def test_the_fixture_was_written_by_the_previous_release():
+    import kakurenbo_hf
+
+    assert REFERENCE["written_by"] == "0.1.0" != kakurenbo_hf.__version__
+
+
 @pytest.fixture(scope="module")
 def reference():
-    return {key: value for key, value in REFERENCE.items() if key != "versions"}
+    return {key: value for key, value in REFERENCE.items() if key not in ("versions", "written_by")}
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Write the checkpoint fixture of `tests/test_release_checkpoint.py` with the installed kakurenbo_hf.
 
-    cd <a checkout of the release> && python <this file> OUT_DIR
+    cd <a checkout of the release> && PYTHONPATH=. python <this file> OUT_DIR
 
 Trains a tiny ViT with hiding (random augmentation, a mid-epoch checkpoint), keeps the whole
 checkpoint folder of step 9 (in epoch 1, the first that hides), and writes `reference.json`: the
@@ -37,10 +37,16 @@ def arguments(output_dir):
 
 
 def run(output_dir, resume=None):
-    torch.manual_seed(0)
-    trainer = KakurenboTrainer(model=make_vit(seed=1), args=arguments(output_dir),
-                               train_dataset=augmented(make_image_dataset(40)), data_collator=collate)
-    trainer.train(resume_from_checkpoint=resume)
+    """One run on one torch thread (float sums depend on the thread count), the caller's count restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        trainer = KakurenboTrainer(model=make_vit(seed=1), args=arguments(output_dir),
+                                   train_dataset=augmented(make_image_dataset(40)), data_collator=collate)
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        torch.set_num_threads(threads)
     return trainer
 
 
@@ -53,6 +59,13 @@ def summary(trainer) -> dict:
         "weights_sha256": digest.hexdigest(),
         "global_step": trainer.state.global_step,
     }
+
+
+def written_by() -> str:
+    """The kakurenbo_hf release that wrote the fixture (imported from the checkout, not an installed copy)."""
+    import kakurenbo_hf
+
+    return kakurenbo_hf.__version__
 
 
 def versions() -> dict:
@@ -70,6 +83,6 @@ if __name__ == "__main__":
     shutil.copytree(os.path.join(work, f"checkpoint-{CHECKPOINT_STEP}"), os.path.join(out, "checkpoint"),
                     dirs_exist_ok=True)
     with open(os.path.join(out, "reference.json"), "w") as handle:
-        json.dump({**summary(trainer), "versions": versions()}, handle, indent=1)
+        json.dump({**summary(trainer), "versions": versions(), "written_by": written_by()}, handle, indent=1)
     shutil.rmtree(work)
     print(json.dumps(summary(trainer))[:300], np.__version__)
