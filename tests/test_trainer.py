@@ -169,6 +169,17 @@ def test_hiding_report_from_a_checkpoint_needs_no_trainer(tmp_path, train_set):
         HidingReport.from_checkpoint(str(tmp_path))
 
 
+def test_model_card_carries_the_hiding_settings_and_tags(hiding_run):
+    trainer, _ = hiding_run
+    trainer.create_model_card(tags=["mine"])
+    card = open(os.path.join(trainer.args.output_dir, "README.md")).read()
+    header = card.split("---")[1]
+    assert all(f"- {tag}" in header for tag in ("mine", "kakurenbo", "kakurenbo-kakurenbo"))
+    assert "## Sample hiding (kakurenbo_hf)" in card and "| `hiding_fraction` | `0.4` |" in card
+    saved = trainer.train_output.metrics["kakurenbo/saved_share"]
+    assert f"| share of the epochs' samples left out | {saved:.3f} |" in card
+
+
 def test_later_epochs_are_shorter(hiding_run):
     trainer, probe = hiding_run
     plans = trainer.hiding_engine.plans

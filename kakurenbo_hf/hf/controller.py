@@ -78,6 +78,7 @@ class HidingController:
         self.rng = RngReplay(trainer._restore_trainer_rng_state)
         self.counts = SampleCounts()
         self.sample_counters: dict[str, int] | None = None
+        self.last_summary: dict[str, float] | None = None  # `run_summary()` of the last train() call
         self.resumed_state: dict | None = None  # hiding state read from the checkpoint being resumed
         self.resumed_selector_state: dict | None = None
         self.resume_point = ResumePoint()
@@ -434,7 +435,7 @@ class HidingController:
         planned = len(plans) * num_samples
         seconds = np.array([sum(plan.refresh_seconds for plan in plans), sum(plan.flush_seconds for plan in plans)])
         refresh_seconds, flush_seconds = self.topology.gather(seconds).max(axis=0).tolist()
-        return {
+        self.last_summary = {
             "kakurenbo/samples_forwarded": counters["forwarded"],
             "kakurenbo/samples_backpropagated": counters["backpropagated"],
             "kakurenbo/samples_refreshed": counters["refresh_forwarded"],
@@ -444,6 +445,7 @@ class HidingController:
             # One scalar per epoch (metrics and loggers take scalars; `trainer.log_metrics` formats them).
             **{f"kakurenbo/hidden_share/epoch_{plan.epoch}": plan.hidden_fraction for plan in plans},
         }
+        return self.last_summary
 
     def total_sample_counters(self) -> dict[str, int]:
         """`sample_counters`: samples this `train()` call forwarded, backpropagated and refreshed, all ranks summed."""
@@ -455,3 +457,23 @@ class HidingController:
             "refresh_forwarded": sum(plan.num_refreshed for plan in plans),
         }
         return self.sample_counters
+
+
+# Hiding settings shown on the model card (the strategy-specific ones are in the training arguments).
+_CARD_SETTINGS = ("hiding_strategy", "hiding_fraction", "confidence_threshold", "hiding_warmup_epochs",
+                  "hiding_decay_milestones", "hiding_decay_factors", "lr_compensation", "refresh_hidden",
+                  "refresh_fraction", "refresh_budget")
+
+
+def model_card_section(arguments: KakurenboArguments, summary: dict[str, float] | None) -> str:
+    """The model card's Markdown section on sample hiding: settings, and the run's summary if trained."""
+    lines = ["", "## Sample hiding (kakurenbo_hf)", "",
+             "Trained with `KakurenboTrainer` (KAKURENBO, Nguyen et al., NeurIPS 2023): each epoch left out "
+             "samples the model had already learned.", "", "| setting | value |", "|---|---|"]
+    lines += [f"| `{name}` | `{getattr(arguments, name)}` |" for name in _CARD_SETTINGS if hasattr(arguments, name)]
+    if summary:
+        lines += ["", "| run | value |", "|---|---|",
+                  f"| samples backpropagated | {int(summary['kakurenbo/samples_backpropagated'])} |",
+                  f"| share of the epochs' samples left out | {summary['kakurenbo/saved_share']:.3f} |",
+                  f"| samples refreshed (forward only) | {int(summary['kakurenbo/samples_refreshed'])} |"]
+    return "\n".join(lines) + "\n"

@@ -46,7 +46,7 @@ from ..strategies.base import strategy_class
 from ..tasks import auto_statistics
 from .compat import check_trainer_members, load_with_key_conversion
 from .checks import SAMPLER_ORDERS, check_first_batch, check_train_dataset, check_training_arguments
-from .controller import HidingController
+from .controller import HidingController, model_card_section
 from .indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
 
 logger = logging.get_logger(__name__)
@@ -313,6 +313,22 @@ class KakurenboMixin:
         output = super()._finalize_training(trial, num_train_samples, start_time)
         output.metrics.update(summary)
         return output
+
+    # --- the model card ------------------------------------------------------------------------
+
+    def create_model_card(self, *args, tags=None, **kwargs) -> None:
+        """The Trainer's model card, tagged `kakurenbo` and `kakurenbo-<strategy>`, with a section that
+        gives the hiding settings and, after training, what was saved (`kakurenbo/...` summary)."""
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        for tag in ("kakurenbo", f"kakurenbo-{self.hiding_args.hiding_strategy}"):
+            if tag not in tags:
+                tags.append(tag)
+        super().create_model_card(*args, tags=tags, **kwargs)
+        path = os.path.join(self.args.output_dir, "README.md")
+        if not self.is_world_process_zero() or not os.path.isfile(path):
+            return
+        with open(path, "a") as card:
+            card.write(model_card_section(self.hiding_args, self.hiding_controller.last_summary))
 
     # --- tasks ---------------------------------------------------------------------------------
 
