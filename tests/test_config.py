@@ -219,3 +219,52 @@ def test_integrations_are_exported_at_the_top_level():
     for name in ("KakurenboSeq2SeqTrainer", "KakurenboSeq2SeqTrainingArguments", "with_hiding", "with_hiding_arguments"):
         assert getattr(kakurenbo_hf, name) is getattr(integrations, name)
         assert name in kakurenbo_hf.__all__
+
+
+# --- hiding_strategy_kwargs and choices ---------------------------------------------------------
+
+
+def test_strategy_kwargs_set_the_strategy_settings():
+    args = KakurenboArguments(hiding_strategy="selective_backprop", hiding_strategy_kwargs={"beta": 2.0})
+    assert args.selective_backprop_beta == 2.0
+    args = KakurenboArguments(hiding_strategy="ucb", hiding_strategy_kwargs='{"ucb_decay": 0.5, "exploration": 0.1}')
+    assert (args.ucb_decay, args.ucb_exploration) == (0.5, 0.1) and args.hiding_strategy_kwargs == {
+        "ucb_decay": 0.5, "exploration": 0.1}
+    assert args.hiding_arguments().ucb_decay == 0.5  # copies keep them
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"bogus": 1}, r"'bogus', which is not a setting of hiding_strategy='ucb'; its settings are \['decay', 'exploration'\]"),
+    ({"beta": 2.0}, "not a setting"),  # selective_backprop's, not ucb's
+    ("{not json", "not a JSON object"),
+    ('["decay"]', "must be a dict"),
+])
+def test_strategy_kwargs_refuse_what_the_strategy_does_not_have(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        KakurenboArguments(hiding_strategy="ucb", hiding_strategy_kwargs=kwargs)
+
+
+def test_strategy_kwargs_are_validated_by_the_strategy_and_must_not_contradict_fields():
+    with pytest.raises(ValueError, match="selective_backprop_beta"):
+        KakurenboArguments(hiding_strategy="selective_backprop", hiding_strategy_kwargs={"beta": -1.0})
+    with pytest.raises(ValueError, match="contradicts ucb_decay=0.5"):
+        KakurenboArguments(hiding_strategy="ucb", ucb_decay=0.5, hiding_strategy_kwargs={"decay": 0.7})
+
+
+def test_command_line_lists_the_choices_and_takes_strategy_kwargs_as_json(tmp_path):
+    from transformers import HfArgumentParser
+
+    from kakurenbo_hf import KakurenboTrainingArguments, available_strategies
+    from kakurenbo_hf.core.config import BUILTIN_STRATEGIES
+
+    assert set(BUILTIN_STRATEGIES) <= set(available_strategies()) and "kakurenbo" in BUILTIN_STRATEGIES
+    parser = HfArgumentParser(KakurenboTrainingArguments)
+    help_text = parser.format_help()
+    assert "--hiding_strategy {" + ",".join(BUILTIN_STRATEGIES) + "}" in help_text
+    assert "--lr_compensation {target,realized,none}" in help_text
+    (args,) = parser.parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--hiding_strategy", "selective_backprop",
+         "--hiding_strategy_kwargs", '{"beta": 1.5}'])
+    assert args.selective_backprop_beta == 1.5
+    with pytest.raises(SystemExit):
+        parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--lr_compensation", "double"])

@@ -7,9 +7,19 @@ tested alone; `KakurenboTrainingArguments` (in `training_args.py`) mixes it into
 
 from __future__ import annotations
 
+import json
+import pkgutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 LR_COMPENSATION_MODES = ("target", "realized", "none")
+
+# The built-in strategies, one module each in strategies/ (read without importing them: the strategies
+# import this module). `--help` lists them; a strategy registered in your own code is passed in Python.
+BUILTIN_STRATEGIES = tuple(sorted(
+    module.name for module in pkgutil.iter_modules([str(Path(__file__).resolve().parent.parent / "strategies")])
+    if module.name not in ("base", "toolkit")
+))
 
 # Above this, an epoch would train on too little of the data and the LR compensation would exceed
 # x10 (`schedule.MAX_LR_FACTOR`); the related work prunes at most 30-70%.
@@ -37,7 +47,9 @@ class KakurenboArguments:
         metadata={
             "help": "Maximum fraction F of the training set hidden per epoch (0 <= F <= 0.9). "
             "0 disables hiding: training is then identical to the plain Trainer. Default 0.5, chosen on the "
-            "README's leaderboard (the paper used 0.3 with a decay schedule)."
+            "README's leaderboard (the paper used 0.3 with a decay schedule). For infobatch and "
+            "selective_backprop it only switches hiding on (> 0) or off (0): their own settings decide how "
+            "much is left out; forget and iswr use it with rules of their own (see their cards)."
         },
     )
     confidence_threshold: float = field(
@@ -66,6 +78,7 @@ class KakurenboArguments:
     lr_compensation: str = field(
         default="realized",
         metadata={
+            "choices": list(LR_COMPENSATION_MODES),
             "help": "How the learning rate makes up for the shorter epochs: 'realized' (default) scales it "
             "by 1/(1-hidden/N), so an epoch that hides nothing keeps the plain Trainer's LR; 'target' by "
             "1/(1-F_e) (the paper's rule, also when most candidates were moved back); 'none' leaves it."
@@ -114,10 +127,20 @@ class KakurenboArguments:
     hiding_strategy: str = field(
         default="kakurenbo",
         metadata={
+            "choices": list(BUILTIN_STRATEGIES),
             "help": "How the hidden set is chosen: the name of a registered strategy "
             "(kakurenbo_hf.available_strategies(); each is described in kakurenbo_hf/strategies/<name>.py and in "
             "the README's Strategies section). Default 'kakurenbo': hide the low-loss samples predicted correctly "
-            "and confidently. A strategy's own settings are the fields below named after it."
+            "and confidently. A strategy's own settings are the fields below named after it, or "
+            "hiding_strategy_kwargs."
+        },
+    )
+    hiding_strategy_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "The chosen strategy's own settings as a dict (a JSON string on the command line), like "
+            "lr_scheduler_kwargs: '{\"beta\": 2}' with hiding_strategy=selective_backprop sets "
+            "selective_backprop_beta. An unknown key is refused with the strategy's settings listed."
         },
     )
 
@@ -228,6 +251,40 @@ class KakurenboArguments:
     def __post_init__(self):
         self.validate_hiding_arguments()
 
+    def strategy_settings(self) -> dict[str, str]:
+        """The chosen strategy's settings: key of `hiding_strategy_kwargs` -> field name."""
+        prefix = f"{self.hiding_strategy}_"
+        return {name[len(prefix):]: name for name in KakurenboArguments.__dataclass_fields__
+                if name.startswith(prefix)}
+
+    def _apply_strategy_kwargs(self) -> None:
+        """`hiding_strategy_kwargs` into the strategy's fields, refusing unknown keys and contradictions."""
+        kwargs = self.hiding_strategy_kwargs
+        if kwargs is None:
+            return
+        if isinstance(kwargs, str):
+            try:
+                kwargs = json.loads(kwargs) if kwargs.strip() else {}
+            except json.JSONDecodeError as error:
+                raise ValueError(f"hiding_strategy_kwargs is not a JSON object: {kwargs!r} ({error})") from error
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"hiding_strategy_kwargs must be a dict, got {type(kwargs).__name__}")
+        self.hiding_strategy_kwargs = dict(kwargs)
+        settings = self.strategy_settings()
+        for key, value in kwargs.items():
+            name = settings.get(key) or (key if key in settings.values() else None)  # "beta" or its field's name
+            if name is None:
+                raise ValueError(
+                    f"hiding_strategy_kwargs has {key!r}, which is not a setting of hiding_strategy="
+                    f"{self.hiding_strategy!r}; its settings are {sorted(settings) or 'none'}"
+                )
+            default = KakurenboArguments.__dataclass_fields__[name].default
+            current = getattr(self, name)
+            if current != default and current != value:
+                raise ValueError(f"hiding_strategy_kwargs[{key!r}]={value!r} contradicts {name}={current!r}; "
+                                 "give the setting once")
+            setattr(self, name, value)
+
     def validate_hiding_arguments(self) -> None:
         """Raise `ValueError` for any field outside its allowed range."""
         from ..strategies.base import available_strategies, strategy_class
@@ -270,6 +327,7 @@ class KakurenboArguments:
             raise ValueError(
                 f"hiding_strategy must be one of {available_strategies()}, got {self.hiding_strategy!r}"
             )
+        self._apply_strategy_kwargs()
         # The chosen strategy checks its own settings (the registry knows every strategy by name).
         strategy_class(self.hiding_strategy).validate_arguments(self)
 
