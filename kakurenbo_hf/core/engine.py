@@ -342,6 +342,10 @@ class HidingEngine:
         """The plan's LR factor from the fraction it leaves untrained (and F_e, for `target`)."""
         return lr_factor(self.lr_compensation, plan.target_fraction, 1.0 - plan.num_trained / self.num_samples)
 
+    def samples_trained(self) -> int:
+        """Samples the planned epochs train (occurrences for multiset epochs), summed over the plans."""
+        return sum(plan.num_trained for plan in self.plans)
+
     def remember_hidden_set(self) -> None:
         """Keep the current epoch's hidden set, as it will train (after the last-batch fix and the broadcast)."""
         position = len(self.plans) - 1

@@ -118,20 +118,14 @@ class Topology:
             return int(value)
         return int(self._all_reduce(np.array([int(value)], dtype=np.int64), dist.ReduceOp.MAX)[0])
 
-    def all_true(self, flags) -> list[bool]:
-        """Element-wise AND over ranks of a list of bools (a vote: True where every rank says True)."""
-        flags = [bool(flag) for flag in flags]
-        if not self.is_distributed or not flags:
-            return flags
-        # MIN of 0/1 is AND; int64 because every backend reduces it (gloo and NCCL alike).
-        return [bool(v) for v in self._all_reduce(np.array(flags, dtype=np.int64), dist.ReduceOp.MIN)]
-
     def sum_ints(self, values) -> list[int]:
         """Element-wise sum over ranks of a list of ints (sample counters, ...)."""
         values = [int(value) for value in values]
-        if not self.is_distributed or not values:
-            return values
-        return [int(v) for v in self._all_reduce(np.array(values, dtype=np.int64), dist.ReduceOp.SUM)]
+        return [int(v) for v in self.sum(np.array(values, dtype=np.int64))] if values else values
+
+    def all_true(self, flags) -> list[bool]:
+        """Element-wise AND over ranks of a list of bools (a vote: True where every rank says True)."""
+        return [votes == self.world_size for votes in self.sum_ints([bool(flag) for flag in flags])]
 
     def gather(self, values: np.ndarray) -> np.ndarray:
         """Every rank's small array (same shape and dtype), stacked in rank order: shape (P, *shape)."""
@@ -144,6 +138,14 @@ class Topology:
         self._count_all_gather(tensor.numel() * tensor.element_size())
         return torch.stack(parts).cpu().numpy()
 
+    def gather_padded(self, values: np.ndarray, width: int, total: int) -> np.ndarray:
+        """Every rank's 1-d `values` (at most `width` long; ranks' lengths may differ), padded to `width`,
+        all-gathered and concatenated in rank order, cut to `total` (the shards of a table, in order)."""
+        values = np.asarray(values)
+        padded = np.zeros(width, dtype=values.dtype)
+        padded[: values.size] = values
+        return self.gather(padded).reshape(-1)[:total]
+
     def gather_bits(self, local_bits: np.ndarray, shard: Shard) -> np.ndarray:
         """The N-sample bitmask from every rank's bytes of its shard (whole bytes: all-gathered, padded to the longest shard)."""
         if not self.is_distributed:
@@ -151,13 +153,7 @@ class Topology:
                 raise ValueError("a single process holds the whole table")
             return np.asarray(local_bits, dtype=np.uint8)
         width = shard_block(shard.num_samples, self.world_size) // 8
-        padded = np.zeros(width, dtype=np.uint8)
-        padded[: local_bits.size] = local_bits
-        tensor = self._to_device(padded)
-        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(parts, tensor)
-        self._count_all_gather(width)
-        return torch.cat(parts).cpu().numpy()[: (shard.num_samples + 7) // 8]
+        return self.gather_padded(np.asarray(local_bits, dtype=np.uint8), width, (shard.num_samples + 7) // 8)
 
     def broadcast_object(self, obj):
         """Rank 0's small picklable `obj` on every rank (`obj` is ignored elsewhere)."""

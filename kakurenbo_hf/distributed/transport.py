@@ -22,8 +22,8 @@ from ..core.sharding import owners
 from .topology import Topology
 
 
-class MainProcessTransport:
-    """Gather every rank's records to the main process (rank 0)."""
+class _Transport:
+    """What both transports give the recorder (`recorder.Transport`), over the run's topology."""
 
     sharded = False
 
@@ -36,25 +36,23 @@ class MainProcessTransport:
         """The largest `value` of all ranks."""
         return self.topology.max(value)
 
+
+class MainProcessTransport(_Transport):
+    """Gather every rank's records to the main process (rank 0)."""
+
     def gather_to_main(self, buffer: torch.Tensor) -> list[torch.Tensor] | None:
         """Every rank's equal-size uint8 buffer, in rank order, on the main process; None elsewhere."""
         return self.topology.gather_to_main(buffer)
 
 
-class ShardedTransport:
+class ShardedTransport(_Transport):
     """Send each record to the rank whose shard holds its sample (`core.sharding.shard_of`)."""
 
     sharded = True
 
     def __init__(self, topology: Topology, num_samples: int):
-        self.topology = topology
+        super().__init__(topology)
         self.num_samples = int(num_samples)
-        self.num_processes = topology.world_size
-        self.is_main = topology.is_main
-
-    def max_over_ranks(self, value: int) -> int:
-        """The largest `value` of all ranks."""
-        return self.topology.max(value)
 
     def exchange(self, columns: dict[str, np.ndarray], dtype: np.dtype) -> np.ndarray:
         """This rank's records (`columns`, one array per field of `dtype`, in step order) out to their owners;

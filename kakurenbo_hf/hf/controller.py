@@ -403,12 +403,10 @@ class HidingController:
             return engine.stats.state_dict()
         columns = {}
         for name, dtype in (("loss", np.float32), ("confidence", np.float32), ("correct", np.bool_)):
-            if engine.sharded:  # every rank's rows, padded to one block, all-gathered in rank order
-                block = shard_block(engine.num_samples, topology.world_size)
-                padded = np.zeros(block, dtype=dtype)
-                values = getattr(engine.stats, name)
-                padded[: values.size] = values
-                columns[name] = topology.gather(padded).reshape(-1)[: engine.num_samples]
+            if engine.sharded:  # every rank's rows, in rank order
+                columns[name] = topology.gather_padded(getattr(engine.stats, name).astype(dtype),
+                                                       shard_block(engine.num_samples, topology.world_size),
+                                                       engine.num_samples)
             else:  # the main process holds the table
                 values = getattr(engine.stats, name) if engine.stats is not None else None
                 torch_dtype = {np.float32: torch.float32, np.bool_: torch.bool}[dtype]
@@ -418,7 +416,7 @@ class HidingController:
     def num_trained_samples(self, num_train_samples: int) -> int:
         """Samples the run really trained (the Trainer assumes full epochs in its speed metrics)."""
         if self.engine is not None and self.engine.enabled:
-            return sum(plan.num_trained for plan in self.engine.plans)
+            return self.engine.samples_trained()
         return num_train_samples
 
     def run_summary(self) -> dict[str, float]:
@@ -439,7 +437,7 @@ class HidingController:
             "kakurenbo/samples_forwarded": counters["forwarded"],
             "kakurenbo/samples_backpropagated": counters["backpropagated"],
             "kakurenbo/samples_refreshed": counters["refresh_forwarded"],
-            "kakurenbo/saved_share": 1.0 - sum(plan.num_trained for plan in plans) / planned if planned else 0.0,
+            "kakurenbo/saved_share": 1.0 - self.engine.samples_trained() / planned if planned else 0.0,
             "kakurenbo/refresh_seconds_total": refresh_seconds,
             "kakurenbo/flush_seconds_total": flush_seconds,
             # One scalar per epoch (metrics and loggers take scalars; `trainer.log_metrics` formats them).
@@ -457,23 +455,3 @@ class HidingController:
             "refresh_forwarded": sum(plan.num_refreshed for plan in plans),
         }
         return self.sample_counters
-
-
-# Hiding settings shown on the model card (the strategy-specific ones are in the training arguments).
-_CARD_SETTINGS = ("hiding_strategy", "hiding_fraction", "confidence_threshold", "hiding_warmup_epochs",
-                  "hiding_decay_milestones", "hiding_decay_factors", "lr_compensation", "refresh_hidden",
-                  "refresh_fraction", "refresh_budget")
-
-
-def model_card_section(arguments: KakurenboArguments, summary: dict[str, float] | None) -> str:
-    """The model card's Markdown section on sample hiding: settings, and the run's summary if trained."""
-    lines = ["", "## Sample hiding (kakurenbo_hf)", "",
-             "Trained with `KakurenboTrainer` (KAKURENBO, Nguyen et al., NeurIPS 2023): each epoch left out "
-             "samples the model had already learned.", "", "| setting | value |", "|---|---|"]
-    lines += [f"| `{name}` | `{getattr(arguments, name)}` |" for name in _CARD_SETTINGS if hasattr(arguments, name)]
-    if summary:
-        lines += ["", "| run | value |", "|---|---|",
-                  f"| samples backpropagated | {int(summary['kakurenbo/samples_backpropagated'])} |",
-                  f"| share of the epochs' samples left out | {summary['kakurenbo/saved_share']:.3f} |",
-                  f"| samples refreshed (forward only) | {int(summary['kakurenbo/samples_refreshed'])} |"]
-    return "\n".join(lines) + "\n"

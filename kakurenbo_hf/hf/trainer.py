@@ -46,8 +46,9 @@ from ..strategies.base import strategy_class
 from ..tasks import auto_statistics
 from .compat import check_trainer_members, load_with_key_conversion
 from .checks import SAMPLER_ORDERS, check_first_batch, check_train_dataset, check_training_arguments
-from .controller import HidingController, model_card_section
+from .controller import HidingController
 from .indexing import SAMPLE_INDEX_KEY, IndexCollator, IndexedDataset
+from .model_card import model_card_section
 
 logger = logging.get_logger(__name__)
 
