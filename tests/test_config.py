@@ -268,3 +268,13 @@ def test_command_line_lists_the_choices_and_takes_strategy_kwargs_as_json(tmp_pa
     assert args.selective_backprop_beta == 1.5
     with pytest.raises(SystemExit):
         parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--lr_compensation", "double"])
+
+
+def test_strategy_kwargs_do_not_reach_a_longer_named_strategys_fields():
+    """`forget`'s settings are not `forget_lag`'s or `forget_original`'s, although their names share the prefix."""
+    assert KakurenboArguments(hiding_strategy="forget").strategy_settings() == {
+        "counting_epochs": "forget_counting_epochs"}
+    with pytest.raises(ValueError, match="'lag_counting_epochs', which is not a setting of hiding_strategy='forget'"):
+        KakurenboArguments(hiding_strategy="forget", hiding_strategy_kwargs={"lag_counting_epochs": 3})
+    assert KakurenboArguments(hiding_strategy="forget_lag",
+                              hiding_strategy_kwargs={"counting_epochs": 3}).forget_lag_counting_epochs == 3

@@ -284,15 +284,16 @@ def _record_stream(n: int, length: int, seed: int):
     return indices, rng.random(length).astype(np.float32) * 2, rng.random(length), rng.random(length) < 0.5
 
 
-@pytest.mark.parametrize("name", ["ucb", "forget"])
+@pytest.mark.parametrize("name", ["ucb", "forget", "forget_lag", "forget_original"])
 @pytest.mark.parametrize("seed", range(3))
 def test_state_does_not_depend_on_where_updates_are_cut(name, seed):
     """A checkpoint flushes the records so far: one update or several must leave the same state."""
     n = 30
     indices, loss, confidence, correct = _record_stream(n, 400, seed)
-    args = KakurenboArguments(hiding_strategy=name, **STRATEGIES[name])
+    args = KakurenboArguments(hiding_strategy=name, **STRATEGIES.get(name, {}))
     whole = HidingEngine(n, num_epochs=5, arguments=args)
     whole.stats.update(indices, loss, confidence, correct)
+    assert any(np.asarray(value).any() for value in whole.strategy.state_dict().values())
     cut = HidingEngine(n, num_epochs=5, arguments=args)
     bounds = [0, *sorted(np.random.default_rng(seed).choice(np.arange(1, 400), size=6, replace=False)), 400]
     for start, end in zip(bounds, bounds[1:]):

@@ -39,7 +39,8 @@ EPOCHS = 4
 SAVE_STEPS = 7
 
 HIDE_RUN = dict(name="hide", model="vit", num_samples=NUM_SAMPLES, epochs=EPOCHS, batch_size=BATCH_SIZE,
-                hiding_fraction=0.5, confidence_threshold=0.42, save_steps=SAVE_STEPS)
+                hiding_fraction=0.5, confidence_threshold=0.42, save_steps=SAVE_STEPS,
+                hiding=dict(max_hidden_epochs=1))  # the coverage rule acts from epoch 2: resumes must replay it
 F0_RUN = dict(name="f0", trainer="kakurenbo", model="deit", num_samples=NUM_SAMPLES, epochs=3, batch_size=BATCH_SIZE,
               hiding_fraction=0.0)
 PLAIN_RUN = dict(F0_RUN, name="plain", trainer="plain")
@@ -127,9 +128,17 @@ def test_table_is_sharded_and_selects_as_one_table(first):
         assert np.isfinite(whole.loss).all()  # every sample was seen (trained or refreshed)
         strategy = KakurenboStrategy(confidence_threshold=HIDE_RUN["confidence_threshold"], seed=0)
         expected = strategy.select(whole, tables[0]["target_fraction"], epoch)
-        assert np.packbits(expected.hidden).tolist() == tables[0]["hidden_bits"], f"epoch {epoch}"
-        assert expected.num_hidden == plans[epoch]["num_hidden"] > 0
+        # The coverage rule (max_hidden_epochs=1): last epoch's hidden samples train in this one.
+        called_back = np.zeros(NUM_SAMPLES, dtype=bool)
+        called_back[records[0]["epochs"][str(epoch - 1)]["hidden"]] = True
+        called_back &= expected.hidden
+        hidden = expected.hidden & ~called_back
+        assert np.packbits(hidden).tolist() == tables[0]["hidden_bits"], f"epoch {epoch}"
+        assert int(hidden.sum()) == plans[epoch]["num_hidden"] > 0
         assert expected.moved_back == plans[epoch]["moved_back"]
+        assert int(called_back.sum()) == plans[epoch]["coverage_moved_back"]
+    assert sum(plan["coverage_moved_back"] for plan in plans) > 0, "the coverage rule never acted"
+    assert max(records[0]["report"]["longest_hidden_streak"]) == 1, "a sample stayed hidden two epochs in a row"
 
 
 def test_ranks_share_the_visible_set(first):
@@ -193,6 +202,8 @@ def test_run_summary_is_the_same_on_every_rank_and_counts_every_rank(first):
     assert summary["kakurenbo/saved_share"] == pytest.approx(1 - trained / (len(plans) * NUM_SAMPLES))
     assert [summary[f"kakurenbo/hidden_share/epoch_{p['epoch']}"] for p in plans] == [
         p["num_hidden"] / p["num_samples"] for p in plans]
+    assert summary["kakurenbo/max_hidden_epochs"] == 1
+    assert summary["kakurenbo/coverage_moved_back_total"] == sum(p["coverage_moved_back"] for p in plans) > 0
     for record in records:
         final = next(e for e in reversed(record["log_history"]) if "kakurenbo/saved_share" in e)
         assert final["kakurenbo/samples_backpropagated"] == summary["kakurenbo/samples_backpropagated"]

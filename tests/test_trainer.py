@@ -115,6 +115,8 @@ def test_train_metrics_and_the_final_log_sum_up_the_hiding(hiding_run, train_set
         plan.hidden_fraction for plan in plans]
     assert metrics["kakurenbo/refresh_seconds_total"] == pytest.approx(sum(p.refresh_seconds for p in plans))
     assert metrics["kakurenbo/flush_seconds_total"] == pytest.approx(sum(p.flush_seconds for p in plans))
+    assert metrics["kakurenbo/max_hidden_epochs"] == trainer.hiding_engine.max_hidden_epochs == 3  # kakurenbo's
+    assert metrics["kakurenbo/coverage_moved_back_total"] == sum(p.coverage_moved_back for p in plans)
     final = next(e for e in reversed(trainer.state.log_history) if "kakurenbo/saved_share" in e)
     assert {key: final[key] for key in final if key.startswith("kakurenbo/")} == {
         key: value for key, value in metrics.items() if key.startswith("kakurenbo/")}
@@ -178,6 +180,8 @@ def test_model_card_carries_the_hiding_settings_and_tags(hiding_run):
     assert "## Sample hiding (kakurenbo_hf)" in card and "| `hiding_fraction` | `0.4` |" in card
     saved = trainer.train_output.metrics["kakurenbo/saved_share"]
     assert f"| share of the epochs' samples left out | {saved:.3f} |" in card
+    assert "| `max_hidden_epochs` | `None` |" in card  # as given: the strategy's default ...
+    assert "| cap on consecutive hidden epochs, as applied | 3 |" in card  # ... which the run used
 
 
 def test_later_epochs_are_shorter(hiding_run):

@@ -33,6 +33,11 @@ PAPER_DECAY_MILESTONES = (1 / 3, 2 / 3, 8 / 9)
 PAPER_DECAY_FACTORS = (0.8, 0.6, 0.4)
 PAPER_HIDING_FRACTION = 0.3
 
+# KAKURENBO's coverage rule (`max_hidden_epochs`): no sample hidden more than this many epochs in a row.
+# Chosen on the extended leaderboard (docs/benchmarks.md, "Coverage rule"): without a cap a templated
+# subgroup of a language model's data stayed hidden from the second epoch on and was forgotten.
+KAKURENBO_MAX_HIDDEN_EPOCHS = 3
+
 
 @dataclass
 class KakurenboArguments:
@@ -107,6 +112,24 @@ class KakurenboArguments:
             "sample costs about 0.15-0.25 of a trained one (a forward without backward), so 0.03 keeps the "
             "refresh under about 1 percent of train time at any hiding fraction. For the paper's full refresh: "
             "refresh_fraction=1 with refresh_budget=inf."
+        },
+    )
+    max_hidden_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Coverage rule: a sample hidden in this many consecutive epochs is trained in the next one, "
+            "whatever the strategy decides (0: no cap), so no sample is left out of more than max_hidden_epochs "
+            "epochs in a row and a hidden subgroup cannot be forgotten for good. Default (None): the strategy's "
+            f"own (kakurenbo: {KAKURENBO_MAX_HIDDEN_EPOCHS}; the published baselines: 0). Not for strategies that "
+            "draw with replacement (iswr) or select inside each batch (selective_backprop)."
+        },
+    )
+    save_hiding_plot: bool = field(
+        default=False,
+        metadata={
+            "help": "Save hiding_report.png (the hidden share of each epoch, and the loss histogram of hidden vs "
+            "visible samples) in every checkpoint folder and in output_dir at the end of training. Needs "
+            "matplotlib (pip install 'kakurenbo_hf[plots]'); checked before training starts."
         },
     )
     refresh_batch_size: int | None = field(
@@ -210,6 +233,41 @@ class KakurenboArguments:
             "set is fixed for the rest of training (at the first epoch >= max(this, hiding_warmup_epochs))."
         },
     )
+    forget_lag_counting_epochs: int = field(
+        default=2,
+        metadata={
+            "help": "hiding_strategy='forget_lag': epochs (>= 2) counted before the first ranking; from then on each "
+            "epoch hides the floor(F_e * N) samples forgotten least so far (counting goes on over the trained samples)."
+        },
+    )
+    forget_original_counting_epochs: int = field(
+        default=20,
+        metadata={
+            "help": "hiding_strategy='forget_original': the fewest epochs (>= 2) the counting run must have counted "
+            "for a retraining run to use its counts (KAKURENBO's code counts 20)."
+        },
+    )
+    forget_original_counts_from: str = field(
+        default="",
+        metadata={
+            "help": "hiding_strategy='forget_original': a checkpoint folder (output_dir/checkpoint-N) of the counting "
+            "run. Empty (default): this run is the counting run (hides nothing; its checkpoints hold the forgetting "
+            "counts). Set: this run, from scratch, leaves out the floor(F * N) samples that run forgot least, in every "
+            "epoch after the warm-up."
+        },
+    )
+    kakurenbo_hide_probability: float | None = field(
+        default=None,
+        metadata={
+            "help": "hiding_strategy='kakurenbo': each learned candidate is hidden with this probability p, drawn per "
+            "sample and epoch (keyed by seed, epoch and index: the same on every process), from the "
+            "floor(min(1, F_e / p) * N) lowest-loss samples, never more than floor(F_e * N). 1 (the paper's "
+            "rule): every learned candidate among the floor(F_e * N) lowest is hidden. Below 1 a subgroup of "
+            "learned samples is never left out whole, so it is trained a little every epoch (in (0, 1]). "
+            "Default (None): the task's: 0.5 for causal language models (their easy rows, such as templates, "
+            "were forgotten when all hidden at once), 1 for every other task."
+        },
+    )
     infobatch_prune_ratio: float = field(
         default=0.5,
         metadata={
@@ -254,8 +312,10 @@ class KakurenboArguments:
     def strategy_settings(self) -> dict[str, str]:
         """The chosen strategy's settings: key of `hiding_strategy_kwargs` -> field name."""
         prefix = f"{self.hiding_strategy}_"
+        # Another strategy's name may start with this one's ("forget_lag" and "forget"): its fields are its own.
+        longer = tuple(f"{name}_" for name in BUILTIN_STRATEGIES if name.startswith(prefix))
         return {name[len(prefix):]: name for name in KakurenboArguments.__dataclass_fields__
-                if name.startswith(prefix)}
+                if name.startswith(prefix) and not name.startswith(longer)}
 
     def _apply_strategy_kwargs(self) -> None:
         """`hiding_strategy_kwargs` into the strategy's fields, refusing unknown keys and contradictions."""
@@ -321,6 +381,12 @@ class KakurenboArguments:
             int(self.refresh_batch_size) != self.refresh_batch_size or self.refresh_batch_size < 1
         ):
             raise ValueError(f"refresh_batch_size must be a positive integer or None, got {self.refresh_batch_size!r}")
+        if self.max_hidden_epochs is not None and (
+            isinstance(self.max_hidden_epochs, bool) or int(self.max_hidden_epochs) != self.max_hidden_epochs
+            or self.max_hidden_epochs < 0
+        ):
+            raise ValueError(f"max_hidden_epochs must be an integer >= 0 (0: no cap) or None (the strategy's "
+                             f"default), got {self.max_hidden_epochs!r}")
         if int(self.hiding_warmup_epochs) != self.hiding_warmup_epochs or self.hiding_warmup_epochs < 1:
             raise ValueError(f"hiding_warmup_epochs must be an integer >= 1, got {self.hiding_warmup_epochs!r}")
         if self.hiding_strategy not in available_strategies():
@@ -329,7 +395,14 @@ class KakurenboArguments:
             )
         self._apply_strategy_kwargs()
         # The chosen strategy checks its own settings (the registry knows every strategy by name).
-        strategy_class(self.hiding_strategy).validate_arguments(self)
+        strategy = strategy_class(self.hiding_strategy)
+        if self.max_hidden_epochs and not strategy.supports_coverage_rule:
+            raise ValueError(
+                f"max_hidden_epochs={self.max_hidden_epochs!r} does not apply to hiding_strategy="
+                f"{self.hiding_strategy!r}: it draws its epoch with replacement or selects inside each batch, so no "
+                "sample stays hidden for whole epochs. Leave max_hidden_epochs unset (None) or 0."
+            )
+        strategy.validate_arguments(self)
 
     def hiding_arguments(self) -> KakurenboArguments:
         """A plain `KakurenboArguments` copy of these fields (e.g. from a TrainingArguments subclass)."""

@@ -21,7 +21,7 @@ Example::
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -62,6 +62,9 @@ class EpochPlan:
     start_sample: int = 0
     samples_per_step: int = 0
     num_draws: int = 0  # samples drawn with replacement (a multiset epoch); 0: every visible sample once
+    # Samples the strategy chose to hide that the coverage rule trains instead (hidden in the last
+    # `max_hidden_epochs` epochs in a row); included in neither num_hidden nor moved_back.
+    coverage_moved_back: int = 0
 
     @property
     def num_trained(self) -> int:
@@ -82,6 +85,7 @@ class EpochPlan:
             "kakurenbo/hidden_fraction": self.hidden_fraction,
             "kakurenbo/target_fraction": self.target_fraction,
             "kakurenbo/moved_back": self.moved_back,
+            "kakurenbo/coverage_moved_back": self.coverage_moved_back,
             "kakurenbo/lr_factor": self.lr_factor,
             "kakurenbo/refresh_seconds": self.refresh_seconds,
             "kakurenbo/flush_seconds": self.flush_seconds,
@@ -125,6 +129,11 @@ class HidingEngine:
         if self.enabled and arguments.refresh_hidden and not self.strategy.refreshes_hidden:
             logger.info("hiding_strategy=%r scores left-out samples by their latest training loss: no refresh pass",
                         arguments.hiding_strategy)
+        # The coverage rule: no sample hidden more than this many epochs in a row (0: no cap).
+        self.max_hidden_epochs = int(self.strategy.default_max_hidden_epochs if arguments.max_hidden_epochs is None
+                                     else arguments.max_hidden_epochs)
+        if self.max_hidden_epochs and not self.strategy.supports_coverage_rule:
+            raise ValueError(f"max_hidden_epochs does not apply to hiding_strategy={arguments.hiding_strategy!r}")
         self.hidden_bits = np.zeros((self.num_samples + 7) // 8, dtype=np.uint8)  # the epoch's hidden set
         # The epoch's per-sample loss weights (float32, N) and multiset of draws, when the strategy
         # asks for them (see `HidingDecision`); None otherwise. Held by every rank.
@@ -215,6 +224,7 @@ class HidingEngine:
             self._check_decision(decision, target, epoch)
         else:
             decision = nothing
+        decision, coverage_moved_back = self._apply_coverage(decision)
         if self.sharded:  # every rank's bytes of the bitmask, gathered
             self.hidden_bits = self.collective.gather_bits(pack(decision.hidden), self.shard)
         else:
@@ -229,15 +239,49 @@ class HidingEngine:
             lr_factor=1.0,
             num_samples=self.num_samples,
             num_draws=0 if decision.draws is None else int(decision.draws.size),
+            coverage_moved_back=coverage_moved_back,
         )
         if not no_statistics:
             plan.lr_factor = self._lr_factor(plan)
         self.plans.append(plan)
         if self.collective.rank == 0:  # every rank plans a sharded epoch; one line is enough
-            logger.info("epoch %d: hiding %d of %d samples (%.1f%%, target %.1f%%, %d candidates moved back), lr x%.3f",
-                        epoch, plan.num_hidden, self.num_samples, 100 * plan.hidden_fraction, 100 * target,
-                        plan.moved_back, plan.lr_factor)
+            logger.info("epoch %d: hiding %d of %d samples (%.1f%%, target %.1f%%, %d candidates moved back, %d by "
+                        "the coverage rule), lr x%.3f", epoch, plan.num_hidden, self.num_samples,
+                        100 * plan.hidden_fraction, 100 * target, plan.moved_back, coverage_moved_back, plan.lr_factor)
         return plan
+
+    def must_train(self) -> np.ndarray | None:
+        """This shard's rows hidden in each of the last `max_hidden_epochs` epochs (bool mask), which the
+        coverage rule trains in the next one; None when no sample can be (no cap, or fewer epochs recorded).
+
+        Read from the hidden history (the sets as trained, the same on every rank, checkpointed), so the
+        rule needs no state of its own and a resume on any number of processes applies it alike. An epoch
+        whose set was not recorded (a checkpoint of a release before 0.2.0) counts as hiding nothing.
+        """
+        cap = self.max_hidden_epochs
+        recent = self.hidden_history[-cap:] if cap else []
+        if not cap or len(recent) < cap or any(bits is None for bits in recent):
+            return None
+        streak = np.bitwise_and.reduce(np.stack(recent), axis=0)  # hidden in every one of them
+        first_byte, last_byte = self.shard.byte_range
+        return unpack(streak[first_byte:last_byte], self.shard.size)
+
+    def _apply_coverage(self, decision: HidingDecision) -> tuple[HidingDecision, int]:
+        """Train the samples the coverage rule calls back; returns the decision and how many they are (all ranks)."""
+        must_train = self.must_train() if decision.num_hidden else None
+        if must_train is None:
+            return decision, 0
+        called_back = decision.hidden & must_train
+        count = int(self.collective.sum(np.array([np.count_nonzero(called_back)], dtype=np.int64))[0])
+        if not count:
+            return decision, 0
+        hidden = decision.hidden & ~must_train
+        weights = decision.weights
+        if weights is not None:  # a called-back sample trains with the model's own loss
+            weights = weights.copy()
+            weights[called_back] = 1.0
+        return replace(decision, hidden=hidden, weights=weights,
+                       num_hidden_total=decision.num_hidden - count), count
 
     def _any_finite(self) -> bool:
         """Whether any sample of the table (every shard) has a finite loss."""

@@ -34,7 +34,7 @@ _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
 
 
-def _mix(values: np.ndarray) -> np.ndarray:
+def mix64(values: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: a bijective, well-mixing hash of uint64 values (wrapping arithmetic)."""
     values = (values ^ (values >> np.uint64(30))) * _MIX_1
     values = (values ^ (values >> np.uint64(27))) * _MIX_2
@@ -68,7 +68,7 @@ class KeyedPermutation:
     def _feistel(self, values: np.ndarray) -> np.ndarray:
         left, right = values >> self._half, values & self._mask
         for round_key in self._round_keys:
-            left, right = right, left ^ (_mix(right ^ round_key) & self._mask)
+            left, right = right, left ^ (mix64(right ^ round_key) & self._mask)
         return (left << self._half) | right
 
     def __call__(self, positions: np.ndarray) -> np.ndarray:

@@ -7,12 +7,13 @@
     table = report.samples()                                # per sample: loss, confidence, correct,
                                                             #   epochs_hidden, longest_hidden_streak
     report.to_pandas(); report.to_dataset(train_dataset)    # merged with the user's columns by index
+    report.plot("hiding_report.png")                         # hidden share per epoch, loss histograms
 
 The statistics are the table's latest values (the last training read or refresh of each sample);
 `correct` and `confidence` are the task's (see `kakurenbo_hf.tasks`). Each epoch's hidden set is
 kept as a packed bitmask (N/8 bytes per epoch, checkpointed); a checkpoint of a release before
 0.2.0 holds only its last epoch's set, so earlier epochs are reported as not recorded. Pure numpy;
-pandas and datasets are imported only by the exports that return them.
+pandas, datasets and matplotlib are imported only by the exports that need them.
 """
 
 from __future__ import annotations
@@ -132,6 +133,11 @@ class HidingReport:
                                         else np.zeros(self.num_samples, dtype=bool))
         return columns
 
+    def plot(self, path: str) -> str:
+        """Save the report's picture (hidden share per epoch; loss of hidden vs visible samples) at `path`
+        (needs matplotlib: `pip install 'kakurenbo_hf[plots]'`). Returns `path`."""
+        return plot_report(self, path)
+
     def to_pandas(self):
         """`samples()` as a pandas DataFrame indexed by sample index."""
         import pandas as pd
@@ -152,3 +158,51 @@ class HidingReport:
         if clashes:
             report = report.rename_columns({name: f"kakurenbo_{name}" for name in clashes})
         return datasets.concatenate_datasets([train_dataset, report], axis=1)
+
+
+PLOT_FILE_NAME = "hiding_report.png"
+
+
+def require_matplotlib():
+    """matplotlib's pyplot on the Agg backend, or an ImportError that names the extra to install."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError("the hiding report's picture needs matplotlib: pip install 'kakurenbo_hf[plots]' "
+                          "(or pip install matplotlib), or leave save_hiding_plot off") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_report(report: HidingReport, path: str, bins: int = 40) -> str:
+    """Save a two-panel picture of `report` at `path`: the hidden share of each epoch (with the samples
+    the coverage rule called back), and the histogram of the latest loss of the samples hidden in the
+    last epoch against the visible ones. Returns `path`."""
+    plt = require_matplotlib()
+    figure, (shares, losses) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [plan.epoch for plan in report.plans]
+    hidden = [plan.hidden_fraction for plan in report.plans]
+    called_back = [plan.coverage_moved_back / plan.num_samples for plan in report.plans]
+    shares.bar(epochs, hidden, color="tab:blue", label="hidden")
+    shares.bar(epochs, called_back, bottom=hidden, color="tab:orange", label="called back by the coverage rule")
+    shares.plot(epochs, [plan.target_fraction for plan in report.plans], "k_", ms=18, mew=1.5, label="target F_e")
+    shares.set(xlabel="epoch", ylabel="share of the training set", title="Hidden share per epoch", ylim=(0, 1))
+    shares.legend(fontsize=8)
+    columns = report.samples()
+    if "loss" in columns:
+        loss = columns["loss"].astype(np.float64)
+        seen = np.isfinite(loss)
+        last = columns["hidden_last_epoch"]
+        if seen.any():
+            edges = np.histogram_bin_edges(loss[seen], bins=bins)
+            for mask, label, color in ((seen & ~last, "visible", "tab:green"), (seen & last, "hidden", "tab:blue")):
+                losses.hist(loss[mask], bins=edges, alpha=0.6, color=color, label=f"{label} ({int(mask.sum())})")
+        losses.legend(fontsize=8)
+    losses.set(xlabel="latest per-sample loss (hidden: as last seen)", ylabel="samples",
+               title=f"Loss of hidden vs visible samples, epoch {epochs[-1] if epochs else '-'}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

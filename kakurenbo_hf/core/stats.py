@@ -34,11 +34,13 @@ IGNORE_INDEX = -100
 
 def per_sample_statistics(logits: torch.Tensor, labels: torch.Tensor,
                           ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, ...]:
-    """Per-sample (loss, confidence, correct) of a classification batch.
+    """Per-sample (loss, confidence, correct) of a single-label classification batch.
 
-    `logits` is (batch, classes), `labels` is (batch,) of class indices. Confidence is the top
-    probability of the softmax over the *classes* (dim=-1): the official code normalised over
-    the batch dimension, which makes a sample's confidence depend on its batch mates.
+    `logits` is (batch, classes), `labels` is (batch,) of class indices. This task's confidence is
+    the top probability of the softmax over the *classes* (dim=-1): the official code normalised
+    over the batch dimension, which makes a sample's confidence depend on its batch mates. Other
+    tasks define their own confidence (token accuracy, class-balanced accuracy, ...): see the task
+    table of `kakurenbo_hf.tasks`.
     Computed in float32 whatever the model's dtype, without building a graph.
 
     A sample labelled `ignore_index` (the loss ignores it) gets the values of an unseen sample:

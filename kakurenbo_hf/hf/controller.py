@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from ..core.engine import EpochPlan, HidingEngine
 from ..core.refresh_slice import plan_refresh_batches
 from ..core.sampler import HidingSampler
 from ..core.schedule import find_virtual_scheduler, wrap_scheduler
-from ..core.report import HidingReport
+from ..core.report import PLOT_FILE_NAME, HidingReport, plot_report
 from ..core.sharding import Shard, shard_block, shard_of, whole_table
 from ..distributed.checkpoint import (HIDING_STATE_NAME, load_hiding_state, load_rank_state, save_hiding_state,
                                       save_rank_state, save_table_shard)
@@ -35,6 +35,7 @@ from ..distributed.rng import preserved_rng_state, save_snapshot
 from ..distributed.topology import Topology
 from ..distributed.transport import MainProcessTransport, ShardedTransport, broadcast_decision
 from ..strategies.base import strategy_class
+from ..tasks import task_hiding_defaults
 from .batch_selection import BatchSelection
 from .indexing import SAMPLE_INDEX_KEY, IndexedDataset
 from .loss_weighting import LossWeighting
@@ -165,6 +166,7 @@ class HidingController:
         num_samples = len(self.dataset)
         shard = self.table_shard(num_samples)
         sharded = shard is not None and not shard.is_whole
+        self.apply_task_defaults()
         self.engine = HidingEngine(num_samples, num_epochs, self.arguments, seed=self.sampler.seed,
                                    holds_table=shard is not None, shard=shard,
                                    collective=self.topology if sharded else None)
@@ -181,6 +183,20 @@ class HidingController:
             else:
                 logger.warning("The checkpoint has no loss history for process %d (saved with another number of "
                                "processes?): its Selective Backprop history starts empty.", self.topology.rank)
+
+    def apply_task_defaults(self) -> None:
+        """Hiding settings left unset (None) take the model's task's defaults (`TaskStatistics.hiding_defaults`,
+        e.g. `kakurenbo_hide_probability=0.5` for a causal LM), read from the model's classes before training,
+        so a resume applies the same ones. Logged once, with how to override them."""
+        task, defaults = task_hiding_defaults(getattr(self.trainer, "model", None))
+        mine = f"{self.arguments.hiding_strategy}_"  # a default of another strategy's setting does not apply
+        unset = {name: value for name, value in defaults.items()
+                 if name.startswith(mine) and getattr(self.arguments, name, 0) is None}
+        if not unset:
+            return
+        self.arguments = replace(self.arguments, **unset)
+        settings = ", ".join(f"{name}={value!r}" for name, value in unset.items())
+        logger.info(f"{task} model detected: {settings} (this task's default; set it to override)")
 
     # --- the epoch boundary ----------------------------------------------------------------------
 
@@ -348,6 +364,17 @@ class HidingController:
             save_table_shard(engine.stats.state_dict(), engine.shard, folder)
         if self.trainer.args.should_save:
             save_hiding_state(engine.state_dict(), folder)
+        self.save_plot(folder)
+
+    def save_plot(self, folder: str) -> None:
+        """With `save_hiding_plot`: the report's picture in `folder` (collective: every rank assembles the
+        report; the process that saves writes it)."""
+        if not self.arguments.save_hiding_plot or self.engine is None:
+            return
+        report = self.report()
+        if self.trainer.args.should_save:
+            os.makedirs(folder, exist_ok=True)
+            plot_report(report, os.path.join(folder, PLOT_FILE_NAME))
 
     def load(self, folder: str, num_samples: int) -> None:
         """Read the hiding state of a checkpoint being resumed (applied when the run starts)."""
@@ -424,7 +451,8 @@ class HidingController:
 
         Samples this `train()` call forwarded, backpropagated and refreshed (all ranks); over every
         epoch planned (a resumed run's earlier epochs included): the share of samples left out of
-        training (`saved_share`), the refresh and flush seconds (of the slowest rank), and the hidden
+        training (`saved_share`), the refresh and flush seconds (of the slowest rank), the samples the
+        coverage rule trained instead of hiding, the rule's cap (`max_hidden_epochs`), and the hidden
         share of each epoch (`kakurenbo/hidden_share/epoch_<e>`). Collective: the same on every rank.
         """
         counters = self.total_sample_counters()
@@ -440,6 +468,8 @@ class HidingController:
             "kakurenbo/saved_share": 1.0 - self.engine.samples_trained() / planned if planned else 0.0,
             "kakurenbo/refresh_seconds_total": refresh_seconds,
             "kakurenbo/flush_seconds_total": flush_seconds,
+            "kakurenbo/coverage_moved_back_total": sum(plan.coverage_moved_back for plan in plans),
+            "kakurenbo/max_hidden_epochs": self.engine.max_hidden_epochs if self.engine is not None else 0,
             # One scalar per epoch (metrics and loggers take scalars; `trainer.log_metrics` formats them).
             **{f"kakurenbo/hidden_share/epoch_{plan.epoch}": plan.hidden_fraction for plan in plans},
         }

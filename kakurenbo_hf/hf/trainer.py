@@ -40,6 +40,7 @@ from transformers.utils import logging
 
 from ..core.config import KakurenboArguments
 from ..core.engine import HidingEngine
+from ..core.report import require_matplotlib
 from ..core.sampler import HidingSampler
 from ..distributed.topology import Topology
 from ..strategies.base import strategy_class
@@ -103,6 +104,8 @@ class KakurenboMixin:
         # The built-in statistics follow self.model (replaced by model_init, wrapped by PEFT, ...).
         self.per_sample_statistics_fn = per_sample_statistics_fn or self._default_statistics
         self.data_collator = IndexCollator(self.data_collator)
+        if self.hiding_args.save_hiding_plot:
+            require_matplotlib()  # before training, not at the first checkpoint
         self.hiding_controller = HidingController(self, self.hiding_args, Topology.from_accelerator(self.accelerator))
 
     @property
@@ -313,6 +316,7 @@ class KakurenboMixin:
         self.log(dict(summary))  # to report_to (TensorBoard, W&B, ...)
         output = super()._finalize_training(trial, num_train_samples, start_time)
         output.metrics.update(summary)
+        self.hiding_controller.save_plot(self.args.output_dir)
         return output
 
     # --- the model card ------------------------------------------------------------------------
@@ -329,7 +333,7 @@ class KakurenboMixin:
         if not self.is_world_process_zero() or not os.path.isfile(path):
             return
         with open(path, "a") as card:
-            card.write(model_card_section(self.hiding_args, self.hiding_controller.last_summary))
+            card.write(model_card_section(self.hiding_controller.arguments, self.hiding_controller.last_summary))
 
     # --- tasks ---------------------------------------------------------------------------------
 

@@ -94,6 +94,11 @@ class HidingStrategy(ABC):
     # `select_shard` works on one rank's rows with the others' summaries (see `sharding.py`); no
     # `observe`, state, weights or draws then.
     shardable: bool = False
+    # The engine's coverage rule (`max_hidden_epochs`) can apply: the decision is a hidden set whose
+    # samples may be made visible again (False for draws with replacement or per-batch selection).
+    supports_coverage_rule: bool = True
+    # `max_hidden_epochs` when the argument is None: 0 (no cap) keeps a published rule as published.
+    default_max_hidden_epochs: int = 0
 
     def __init__(self, confidence_threshold: float = 0.7, seed: int = 0, *, arguments=None,
                  num_samples: int = 0, num_epochs: int = 1):

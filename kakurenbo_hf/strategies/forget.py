@@ -17,10 +17,10 @@ Rule:
 
 Choices:
   - In one run, not two: Toneva et al. count over a full training and retrain from scratch on the
-    kept set; KAKURENBO's code offers that (`forget_original`, 20 counting epochs of 200) and an
-    online variant its scripts run (`forget_lag`: 2 counting epochs, then each epoch re-ranks by
-    the cumulative count). Here the counting epochs are the start of the run itself and the set
-    is chosen once, as published.
+    kept set; KAKURENBO's code offers that (`forget_original`, 20 counting epochs, then a new model)
+    and an online variant its scripts run (`forget_lag`: 2 counting epochs, then each epoch re-ranks
+    by the cumulative count). Both are strategies of their own here (`forget_original.py`,
+    `forget_lag.py`). This one counts at the start of the run itself and chooses the set once.
   - F does not follow the decay schedule: the set is fixed when chosen, with F = hiding_fraction.
     F_e still switches hiding off where it is 0 (warm-up, a decay factor of 0).
     `lr_compensation="target"` (1/(1-F_e)) would then not match what is hidden and is refused;
@@ -50,6 +50,45 @@ from .toolkit import argument_or_default, occurrences
 _STREAM = 0x464F5247  # "FORG"
 NEVER_LEARNED = np.float32(np.finfo(np.float32).max)  # above any count, below "unseen" (+inf)
 MAX_EVENTS = np.iinfo(np.uint16).max
+
+
+# --- the counting and ranking the forget variants share (forget_lag.py, forget_original.py) -------
+
+
+def count_forgetting_events(events: np.ndarray, learned: np.ndarray, previous: np.ndarray, indices: np.ndarray,
+                            correct: np.ndarray) -> None:
+    """Add one statistics update's forgetting events to `events` (uint16, saturating) and mark `learned`.
+
+    `previous`: each sample's prediction before this update (the table's `correct`, not yet
+    overwritten); `indices`, `correct`: the update's records, oldest first. A record is compared
+    with the one before it: the table's for a sample's first record in the update, its own
+    previous record otherwise (a sample's records are adjacent in the stable `occurrences` order),
+    so the counts do not depend on where flushes cut the records.
+    """
+    order, occurrence = occurrences(indices)
+    ordered, now = indices[order], correct[order]
+    before = previous[ordered]
+    repeat = occurrence[order] > 0
+    before[repeat] = now[np.flatnonzero(repeat) - 1]
+    forgotten, count = np.unique(ordered[before & ~now], return_counts=True)
+    events[forgotten] = np.minimum(events[forgotten].astype(np.int64) + count, MAX_EVENTS)  # saturate
+    learned[indices[correct]] = True
+
+
+def forgetting_scores(events: np.ndarray, learned: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """float32 (N,): events of learned samples; never learned: NEVER_LEARNED; unseen (loss not finite): +inf."""
+    scores = np.where(learned, events.astype(np.float32), NEVER_LEARNED)
+    scores[~np.isfinite(loss)] = np.inf
+    return scores
+
+
+def least_forgotten(scores: np.ndarray, k: int, tie_break: np.ndarray) -> np.ndarray:
+    """Bool mask of the k lowest `scores`, ties in the order of `tie_break` (a permutation); never a +inf."""
+    order = np.lexsort((tie_break, scores))  # by count, then by the random order
+    k = min(int(k), int(np.count_nonzero(scores < np.inf)))
+    hidden = np.zeros(scores.size, dtype=bool)
+    hidden[order[:k]] = True
+    return hidden
 
 
 @register_strategy("forget")
@@ -104,35 +143,21 @@ class ForgetStrategy(HidingStrategy):
         state = self._arrays(stats.num_samples)
         if self.chosen_epoch >= 0:
             return  # the set is fixed: counting is over
-        order, occurrence = occurrences(indices)
-        ordered, now = indices[order], correct[order]
-        # The previous prediction: the table's (not yet overwritten) for a sample's first record in
-        # this update, the record before it otherwise (a sample's records are adjacent in `order`).
-        before = stats.correct[ordered]
-        repeat = occurrence[order] > 0
-        before[repeat] = now[np.flatnonzero(repeat) - 1]
-        forgotten, count = np.unique(ordered[before & ~now], return_counts=True)
-        events = state["events"]
-        events[forgotten] = np.minimum(events[forgotten].astype(np.int64) + count, MAX_EVENTS)  # saturate
-        state["learned"][indices[correct]] = True
+        count_forgetting_events(state["events"], state["learned"], stats.correct, indices, correct)
 
     def forgetting_scores(self, stats: SampleStats) -> np.ndarray:
         """float32 (N,): events of learned samples; never learned: NEVER_LEARNED; unseen: +inf."""
         state = self._arrays(stats.num_samples)
-        scores = np.where(state["learned"], state["events"].astype(np.float32), NEVER_LEARNED)
-        scores[~np.isfinite(stats.loss)] = np.inf
-        return scores
+        return forgetting_scores(state["events"], state["learned"], stats.loss)
 
     def select(self, stats: SampleStats, target_fraction: float, epoch: int) -> HidingDecision:
         state = self._arrays(stats.num_samples)
         if self.chosen_epoch < 0:
             if epoch < self.counting_epochs:  # still counting
                 return HidingDecision(hidden=np.zeros(stats.num_samples, dtype=bool), num_candidates=0, moved_back=0)
-            scores = self.forgetting_scores(stats)
             tie_break = np.random.default_rng([self.seed, _STREAM]).permutation(stats.num_samples)
-            order = np.lexsort((tie_break, scores))  # by count, then by the seeded random order
-            k = min(num_candidates(stats.num_samples, self.fraction), int(np.count_nonzero(scores < np.inf)))
-            state["hidden"][order[:k]] = True
+            k = num_candidates(stats.num_samples, self.fraction)
+            state["hidden"][:] = least_forgotten(self.forgetting_scores(stats), k, tie_break)
             state["chosen_epoch"][0] = epoch
         hidden = state["hidden"].copy()
         count = int(np.count_nonzero(hidden))

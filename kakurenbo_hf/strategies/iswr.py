@@ -80,6 +80,7 @@ class ISWRStrategy(HidingStrategy):
 
     uses_hiding_fraction = False  # samples never drawn are hidden: more than floor(F_e N)
     uses_loss_weights = True
+    supports_coverage_rule = False
     refreshes_hidden = False
 
     def __init__(self, *args, **kwargs):

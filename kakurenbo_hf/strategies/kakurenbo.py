@@ -11,22 +11,37 @@ Rule, at the start of epoch e (after warm-up):
      classification the top softmax probability over the classes and argmax == label; for a
      language model the token accuracy and token accuracy >= 0.5; and so on.
   3. Moved-back slots are not refilled: the realized hidden fraction is usually below F_e.
+  4. Coverage (this library's addition, applied by the engine): a sample hidden in the last M
+     epochs in a row is trained in this one (`max_hidden_epochs`, M = 3 by default). Guarantee: no
+     sample is left out of more than M consecutive epochs. Without it a subgroup that is learned
+     early (templated rows of a language model's data) stayed hidden from the second epoch to the
+     end, was refreshed only by a budgeted slice, and was forgotten while its loss stayed among
+     the lowest; see docs/benchmarks.md ("Coverage rule") for the measurements behind M.
+  5. Randomised hiding (this library's addition, `kakurenbo_hide_probability` p < 1): the
+     candidates are the floor(min(1, F_e / p) * N) lowest losses, and each learned one is hidden
+     with probability p (a keyed hash of seed, epoch and index; at most floor(F_e * N), the
+     lowest losses of the draw kept), so no learned subgroup is left out whole. Default: the
+     task's, 0.5 for causal language models, 1 (the paper's rule) otherwise.
 
 Knobs: F_e (`hiding_fraction`, default 0.5, times the decay schedule, default none), tau
-(`confidence_threshold`, default 0.7).
+(`confidence_threshold`, default 0.7), M (`max_hidden_epochs`, default 3; 0: no cap, the paper's rule),
+p (`kakurenbo_hide_probability`, default the task's: 0.5 causal LM, else 1).
 
 Cost: O(N) per epoch, no sort and no copy of the table: a radix select (two counting passes over
 16-bit digits of the losses) finds the K-th smallest loss, a third pass writes the mask, ties at
 that value resolved by index. Extra memory: the N-byte mask and a few MiB of chunk temporaries.
 Sharded (`shardable`): in a multi-process run each rank runs the passes over its N/P rows; the
 two 65536-bin histograms (512 KiB each) are summed over the ranks and the tie counts gathered,
-so every rank finds the same K-th loss (see `sharding.py`).
+so every rank finds the same K-th loss (see `sharding.py`). The coverage rule costs N/8 bytes per
+epoch of history (kept anyway for `HidingReport`) and M bitwise ANDs of N/8 bytes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..core.config import KAKURENBO_MAX_HIDDEN_EPOCHS
+from ..core.permutation import mix64
 from ..core.sharding import Collective, LocalCollective, Shard, whole_table
 from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
@@ -109,17 +124,58 @@ class KakurenboStrategy(HidingStrategy):
     """Hide the lowest-loss samples that are also predicted correctly and confidently."""
 
     shardable = True
+    default_max_hidden_epochs = KAKURENBO_MAX_HIDDEN_EPOCHS
 
     def select(self, stats: SampleStats, target_fraction: float, epoch: int) -> HidingDecision:
         return self.select_shard(stats, target_fraction, epoch, whole_table(stats.num_samples), LocalCollective())
 
+    @classmethod
+    def validate_arguments(cls, arguments) -> None:
+        probability = getattr(arguments, "kakurenbo_hide_probability", None)
+        if probability is not None and not 0.0 < probability <= 1.0:  # also rejects NaN
+            raise ValueError(f"kakurenbo_hide_probability must be in (0, 1] or None (the task's default), "
+                             f"got {probability!r}")
+
+    @property
+    def hide_probability(self) -> float:
+        """p; None (unset, and no task default applied by the trainer) is the paper's rule, 1."""
+        probability = getattr(self.arguments, "kakurenbo_hide_probability", None)
+        return 1.0 if probability is None else float(probability)
+
     def select_shard(self, stats: SampleStats, target_fraction: float, epoch: int, shard: Shard,
                      collective: Collective) -> HidingDecision:
-        k = num_candidates(shard.num_samples, target_fraction)
+        most = num_candidates(shard.num_samples, target_fraction)  # what F_e allows to hide
+        probability = self.hide_probability
+        k = most if probability >= 1.0 else num_candidates(shard.num_samples, min(1.0, target_fraction / probability))
         hidden = lowest_loss_mask(stats.loss, k, shard, collective)
         tau = np.float16(self.confidence_threshold)
         for start in range(0, stats.num_samples, CHUNK):  # hidden &= learned, without N-sized temporaries
             end = start + CHUNK
             hidden[start:end] &= stats.correct[start:end] & (stats.confidence[start:end] >= tau)
-        num_hidden = int(collective.sum(np.array([np.count_nonzero(hidden)], dtype=np.int64))[0])
-        return HidingDecision(hidden=hidden, num_candidates=k, moved_back=k - num_hidden, num_hidden_total=num_hidden)
+        learned = int(collective.sum(np.array([np.count_nonzero(hidden)], dtype=np.int64))[0])
+        num_hidden = learned
+        if probability < 1.0:
+            for start in range(0, stats.num_samples, CHUNK):
+                end = min(start + CHUNK, stats.num_samples)
+                hidden[start:end] &= uniform_draws(self.seed, epoch, shard.start + start, end - start) < probability
+            num_hidden = int(collective.sum(np.array([np.count_nonzero(hidden)], dtype=np.int64))[0])
+            if num_hidden > most:  # an unlucky draw: keep the lowest-loss `most` of the drawn samples
+                drawn_loss = np.where(hidden, stats.loss, np.float32(np.inf))
+                hidden = lowest_loss_mask(drawn_loss, most, shard, collective) & hidden
+                num_hidden = most
+        # moved_back: candidates kept for the rule (wrong or unconfident), not those the draw kept.
+        return HidingDecision(hidden=hidden, num_candidates=k, moved_back=k - learned, num_hidden_total=num_hidden)
+
+
+_DRAW_STREAM = 0x4B414B55  # "KAKU"
+
+
+def uniform_draws(seed: int, epoch: int, first_index: int, count: int) -> np.ndarray:
+    """Uniform [0, 1) values of samples first_index .. first_index + count - 1 for (seed, epoch).
+
+    A keyed hash of the sample index (splitmix64's finaliser): the same value for a sample on any
+    rank or shard and in any chunking, and no state, so a resume redraws it exactly."""
+    key = np.random.default_rng([int(seed), int(epoch), _DRAW_STREAM]).integers(
+        0, np.iinfo(np.uint64).max, dtype=np.uint64, endpoint=True)
+    indices = np.arange(first_index, first_index + count, dtype=np.uint64)
+    return (mix64(mix64(indices ^ key)) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53

@@ -133,6 +133,7 @@ class SelectiveBackpropStrategy(HidingStrategy):
     the samples whose loss percentile wins a draw with probability percentile ** beta."""
 
     selects_per_batch = True
+    supports_coverage_rule = False
 
     @classmethod
     def validate_arguments(cls, arguments) -> None:

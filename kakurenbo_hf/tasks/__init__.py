@@ -14,7 +14,7 @@ its row): `task_table()` returns it, and the tests check the README's copy again
 Pure torch: no transformers import (detection reads class names and config attributes).
 """
 
-from .auto import AutoStatistics, auto_statistics, detect_statistics, unwrap_model
+from .auto import AutoStatistics, auto_statistics, detect_statistics, task_hiding_defaults, task_of_model, unwrap_model
 from .builtin import (
     DEFAULT_MIN_ACCURACY,
     SEGMENTATION_IGNORE_INDEX,

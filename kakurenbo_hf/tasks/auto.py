@@ -90,6 +90,23 @@ def _not_detected(model, logits: torch.Tensor, labels: torch.Tensor) -> ValueErr
     )
 
 
+def task_of_model(model) -> type[TaskStatistics] | None:
+    """The task of `model` as its class names and config tell it, before any forward pass (step 2 of the
+    detection, as for a model that returns sequence logits); None when only its outputs would tell."""
+    base = unwrap_model(model)
+    if base is None:
+        return None
+    names, config = _class_names(base), getattr(base, "config", None)
+    sequence_logits = torch.empty(0, 0, 0)
+    return next((task for task in TASK_CLASSES if task.matches_model(names, config, sequence_logits)), None)
+
+
+def task_hiding_defaults(model) -> tuple[str | None, dict]:
+    """(task name, its `hiding_defaults`) of `model` (`task_of_model`); (None, {}) when not told by the model."""
+    task = task_of_model(model)
+    return (task.task, dict(task.hiding_defaults)) if task is not None else (None, {})
+
+
 def auto_statistics(outputs, labels: torch.Tensor, model=None):
     """Per-sample (loss, confidence, correct) with the statistics `detect_statistics` picks for `model`."""
     return detect_statistics(model, outputs, labels)(outputs, labels)
@@ -107,4 +124,5 @@ class AutoStatistics(TaskStatistics):
         return auto_statistics(outputs, labels, self.model)
 
 
-__all__ = ["AutoStatistics", "auto_statistics", "detect_statistics", "output_field", "unwrap_model"]
+__all__ = ["AutoStatistics", "auto_statistics", "detect_statistics", "output_field", "task_hiding_defaults",
+           "task_of_model", "unwrap_model"]

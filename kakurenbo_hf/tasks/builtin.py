@@ -137,6 +137,9 @@ class TaskStatistics:
 
     task = "custom"
     weightable = False
+    # Hiding settings this task's models get when the user leaves them unset (None), chosen on the
+    # leaderboard (docs/benchmarks.md, "Coverage rule"); {} = the library's defaults.
+    hiding_defaults: dict = {}
     detects_fused_head = False
     model_suffixes: tuple[str, ...] = ()
     problem_type: str | None = None
@@ -358,6 +361,10 @@ class CausalLMStatistics(TokenStatistics):
 
     task = "causal_lm"
     shift = 1
+    # A language model's easy rows (templates, boilerplate, near-duplicates) are learned first and
+    # forgotten within an epoch once all of them are left out: hide each learned candidate with
+    # probability 0.5, so every such subgroup keeps training (leaderboard `lm_templated`).
+    hiding_defaults = {"kakurenbo_hide_probability": 0.5}
     detects_fused_head = True
     # Decoder-only `*ForConditionalGeneration` (vision-language models) shift like a causal LM;
     # encoder-decoder ones are seq2seq, detected first.
