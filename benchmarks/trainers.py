@@ -7,6 +7,7 @@ strategy with optional `KakurenboArguments` overrides (`kakurenbo:hiding_fractio
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 
 from .builders import accuracy_metric, collate
@@ -39,12 +40,25 @@ def parse_method(spec: str) -> tuple[str, dict]:
     base = "baseline" if base in PLAIN_METHODS else base
     overrides: dict = {}
     defaults = KakurenboArguments()
+    types = {f.name: str(f.type) for f in dataclasses.fields(KakurenboArguments)}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         if not hasattr(defaults, key):
             raise ValueError(f"method {spec!r}: {key!r} is not a KakurenboArguments field")
         current = getattr(defaults, key)
-        if isinstance(current, bool):
+        if current is None:  # an optional field (`max_hidden_epochs: int | None`): typed by its annotation
+            kind = types.get(key, "")
+            if value.lower() in ("none", ""):
+                overrides[key] = None
+            elif kind.startswith("bool"):
+                overrides[key] = value.lower() in ("1", "true", "yes")
+            elif kind.startswith("int"):
+                overrides[key] = int(value)
+            elif kind.startswith("float"):
+                overrides[key] = float(value)
+            else:
+                overrides[key] = value
+        elif isinstance(current, bool):
             overrides[key] = value.lower() in ("1", "true", "yes")
         elif isinstance(current, (int, float)):
             overrides[key] = type(current)(value)
@@ -72,11 +86,18 @@ def make_trainer(
     callbacks=(),
     data_collator=None,
     use_cpu: bool = True,
+    compute_metrics=None,
+    preprocess_logits_for_metrics=None,
+    max_steps: int | None = None,
 ):
     """A `Trainer` (baseline) or `KakurenboTrainer` with identical training arguments.
 
     `w` is a `flags.Training` (a `Workload` is one); `data_collator` defaults to
-    `builders.collate` (image rows); `use_cpu=False` lets the Trainer pick an accelerator.
+    `builders.collate` (image rows); `use_cpu=False` lets the Trainer pick an accelerator;
+    `compute_metrics` defaults to top-1 accuracy. `max_steps` (> 0) trains that many optimizer steps
+    instead of `w.epochs` epochs: the LR schedule (warm-up ratio, decay) is fitted to them, and with
+    per-epoch evaluation the last, partial epoch is evaluated too (the Trainer ends it with
+    `on_epoch_end`).
     """
     from transformers import Trainer, TrainingArguments
 
@@ -86,6 +107,7 @@ def make_trainer(
     common = dict(
         output_dir=output_dir,
         num_train_epochs=w.epochs,
+        max_steps=max_steps if max_steps else -1,
         per_device_train_batch_size=w.batch_size,
         per_device_eval_batch_size=w.eval_batch_size,
         learning_rate=w.lr,
@@ -110,7 +132,8 @@ def make_trainer(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if evaluate else None,
         data_collator=data_collator or collate,
-        compute_metrics=accuracy_metric if evaluate else None,
+        compute_metrics=(compute_metrics or accuracy_metric) if evaluate else None,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics if evaluate else None,
         callbacks=list(callbacks),
     )
     if base == "baseline":

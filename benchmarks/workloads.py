@@ -15,6 +15,15 @@ workload scales up by its arguments.
   `examples/text_classification.py`, with a word-level tokenizer trained on them.
 - `timm_cnn`: a small timm ResNet (BatchNorm) from random weights through transformers'
   `TimmWrapperForImageClassification` (which returns `loss` and `logits`), on fractal images.
+- `vit_fractal_hard`: `vit_fractal`'s ViT on many fractal classes with few images each (the plain
+  Trainer ends below 90% top-1), optionally with wrong training labels.
+- `lm_templated`: a byte-level GPT-2 from a config on prose (standard-library docstrings) with a
+  templated boilerplate subgroup (20% of the rows); quality = eval loss per subgroup.
+
+Each `Prepared` declares its quality (`benchmarks.quality`): top-1 overall and per class for the
+classifiers, eval loss overall and per subgroup (prose, templated) for the language model; and,
+where the training rows have subgroups (`train_groups`), which rows belong to each, so the
+leaderboard can count the hidden rows per subgroup.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import builders, flags, trainers
+from . import quality as q
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
@@ -87,9 +97,55 @@ class TimmCnn(flags.Training):
     epochs: int = 10
 
 
-SETTINGS = {"vit_fractal": flags.Workload, "deit_transfer": DeitTransfer, "text": Text, "timm_cnn": TimmCnn}
-CHOICES = {"vit_fractal": flags.WORKLOAD_CHOICES}
-SKIP = {"vit_fractal": ("cache_dir",)}  # the fractal cache is one flag for every workload
+@dataclass
+class VitDigits(flags.Workload):
+    """A ViT from scratch on scikit-learn's digits upscaled to 32x32 RGB: small data the model fits in a
+    few epochs but does not generalise from as well (the plain Trainer ends below 90% top-1)."""
+
+    num_classes: int = 10
+    train_samples: int = 1200  # of the 1797 digits; the rest is the test split
+    epochs: int = 12
+
+
+@dataclass
+class VitFractalHard(flags.Workload):
+    """`vit_fractal` made hard enough that training less costs accuracy: more classes, fewer images each,
+    fewer epochs (the plain Trainer ends below 90% top-1)."""
+
+    num_classes: int = 100
+    instances_per_class: int = 16
+    test_instances_per_class: int = 20
+    epochs: int = 10
+    label_noise: float = 0.0  # training labels replaced by a random other class (seeded by data_seed)
+
+
+@dataclass
+class LmTemplated(flags.Training):
+    """A small byte-level GPT-2 on prose with a templated boilerplate subgroup (see `lm_templated`)."""
+
+    train_rows: int = 1000
+    eval_rows: int = 300
+    templated_fraction: float = 0.2  # of the train and of the eval rows
+    block_size: int = 64  # bytes per row (a row = a sample; shorter rows are padded, pads not predicted)
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    epochs: int = 8
+    batch_size: int = 16
+    eval_batch_size: int = 100
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    data_seed: int = 0
+
+
+SETTINGS = {"vit_fractal": flags.Workload, "deit_transfer": DeitTransfer, "text": Text, "timm_cnn": TimmCnn,
+            "vit_fractal_hard": VitFractalHard, "lm_templated": LmTemplated, "vit_digits": VitDigits}
+CHOICES = {"vit_fractal": flags.WORKLOAD_CHOICES, "vit_fractal_hard": flags.WORKLOAD_CHOICES,
+           "vit_digits": {"model": ["vit", "deit"]}}
+SKIP = {"vit_fractal": ("cache_dir",), "vit_fractal_hard": ("cache_dir",),
+        "vit_digits": ("cache_dir", "dataset", "instances_per_class", "test_instances_per_class", "data_seed",
+                       "data_format")}  # the fractal cache is one flag for all
 
 
 @dataclass
@@ -104,16 +160,41 @@ class Prepared:
     description: str
     collate: Callable | None = None  # None: `builders.collate` (pixel_values, labels)
     info: dict = field(default_factory=dict)  # untimed preparation facts for the record (pre-training, ...)
+    # What is measured at each evaluation, overall and per group (None: top-1 per class of the labels).
+    quality: q.Quality | None = None
+    # Subgroups of the training rows ({name: row indices}), for per-group hidden counts (None: none declared).
+    train_groups: dict | None = None
+
+    def __post_init__(self):
+        if self.quality is None:
+            self.quality = q.classification(class_names(self.test))
 
 
 def build(name: str, settings, cache_dir: str | None = None, checkpoint_dir: str | None = None) -> Prepared:
     """Build the workload `name` (data now; models on demand)."""
     if name == "deit_transfer":
         return deit_transfer(settings, cache_dir, checkpoint_dir or trainers.tempdir("kakurenbo_leaderboard_deit_"))
-    return {"vit_fractal": vit_fractal, "text": text, "timm_cnn": timm_cnn}[name](settings, cache_dir)
+    return {"vit_fractal": vit_fractal, "text": text, "timm_cnn": timm_cnn, "vit_fractal_hard": vit_fractal_hard,
+            "lm_templated": lm_templated, "vit_digits": vit_digits}[name](settings, cache_dir)
 
 
-# --- the four workloads --------------------------------------------------------------------------
+def class_names(dataset) -> list[str]:
+    """The class names of a classification set: its `label` ClassLabel names, else 0 .. max label."""
+    features = getattr(dataset, "features", None) or {}
+    for key in ("labels", "label"):
+        names = getattr(features.get(key), "names", None) if hasattr(features, "get") else None
+        if names:
+            return list(names)
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        try:
+            labels = dataset["labels"]
+        except (KeyError, TypeError, IndexError):
+            return []
+    return [str(c) for c in range(int(max(int(v) for v in labels)) + 1)] if len(labels) else []
+
+
+# --- the workloads -------------------------------------------------------------------------------
 
 
 def vit_fractal(w: flags.Workload, cache_dir=None) -> Prepared:
@@ -125,6 +206,57 @@ def vit_fractal(w: flags.Workload, cache_dir=None) -> Prepared:
         f"{dict(vit='ViT', deit='DeiT')[w.model]} (patch {w.patch_size}, hidden {w.hidden_size}, {w.num_layers} layers) from scratch on "
         f"{w.image_size}x{w.image_size} fractal images ({w.num_classes} classes x {w.instances_per_class} train, "
         f"x {w.test_instances_per_class} test); {w.epochs} epochs, batch {w.batch_size}, AdamW {w.lr:g} {w.lr_scheduler}",
+        quality=q.classification([str(c) for c in range(w.num_classes)]),
+    )
+
+
+def digits_rows(image_size: int, train_samples: int):
+    """scikit-learn's digits upscaled to `image_size` RGB, as (train, test) `TensorRows` (a fixed split)."""
+    sys.path.insert(0, EXAMPLES)
+    import fractal_pretrain
+    import torch
+
+    digits = fractal_pretrain.digits_dataset(image_size, train_samples, seed=0)
+    return [builders.TensorRows(torch.from_numpy(builders.images_to_array(digits[k]["image"], image_size)),
+                                torch.tensor(digits[k]["label"], dtype=torch.long))
+            for k in ("train", "validation")]
+
+
+def vit_digits(w: VitDigits, cache_dir=None) -> Prepared:
+    """A ViT from scratch on upscaled digits (plain ends below 90% top-1)."""
+    train, test = digits_rows(w.image_size, w.train_samples)
+    return Prepared(
+        "vit_digits", w, train, test, lambda seed: builders.build_model(w, seed),
+        f"{dict(vit='ViT', deit='DeiT')[w.model]} (patch {w.patch_size}, hidden {w.hidden_size}, {w.num_layers} "
+        f"layers) from scratch on scikit-learn digits upscaled to {w.image_size}x{w.image_size} RGB ({len(train)} "
+        f"train, {len(test)} test); {w.epochs} epochs, batch {w.batch_size}, AdamW {w.lr:g} {w.lr_scheduler}",
+        quality=q.classification([str(c) for c in range(10)]),
+    )
+
+
+def vit_fractal_hard(w: VitFractalHard, cache_dir=None) -> Prepared:
+    """A ViT from scratch on many fractal classes with few images each (plain ends below 90% top-1)."""
+    import torch
+
+    w.cache_dir = cache_dir
+    train, test = builders.prepare_data(w)
+    flipped = 0
+    if w.label_noise > 0:
+        generator = torch.Generator().manual_seed(w.data_seed)
+        labels = train.labels.clone()
+        noisy = torch.rand(len(labels), generator=generator) < w.label_noise
+        shift = torch.randint(1, w.num_classes, (len(labels),), generator=generator)
+        labels[noisy] = (labels[noisy] + shift[noisy]) % w.num_classes
+        train = builders.TensorRows(train.pixel_values, labels)
+        flipped = int(noisy.sum())
+    noise = f", {flipped} training labels replaced by another class" if flipped else ""
+    return Prepared(
+        "vit_fractal_hard", w, train, test, lambda seed: builders.build_model(w, seed),
+        f"{dict(vit='ViT', deit='DeiT')[w.model]} (patch {w.patch_size}, hidden {w.hidden_size}, "
+        f"{w.num_layers} layers) from scratch on {w.image_size}x{w.image_size} fractal images ({w.num_classes} classes x "
+        f"{w.instances_per_class} train, x {w.test_instances_per_class} test{noise}); {w.epochs} epochs, batch "
+        f"{w.batch_size}, AdamW {w.lr:g} {w.lr_scheduler}",
+        quality=q.classification([str(c) for c in range(w.num_classes)]),
     )
 
 
@@ -181,7 +313,8 @@ def deit_transfer(s: DeitTransfer, cache_dir=None, checkpoint_dir=None) -> Prepa
         f"{s.image_size} RGB ({n_train} train, {n_test} test); {s.epochs} epochs, batch {s.batch_size}, AdamW "
         f"{s.lr:g} {s.lr_scheduler}"
     )
-    return Prepared("deit_transfer", s, splits[0], splits[1], model, description, info=info)
+    return Prepared("deit_transfer", s, splits[0], splits[1], model, description, info=info,
+                    quality=q.classification([str(c) for c in range(10)]))
 
 
 def pretrain_deit(w: flags.Workload, seed: int, folder: str) -> dict:
@@ -273,6 +406,7 @@ def text(s: Text, cache_dir=None) -> Prepared:
         f"test, {s.label_noise:.0%} flipped labels, word-level tokenizer of {len(tokenizer)} words, at most "
         f"{s.max_length} tokens; {s.epochs} epochs, batch {s.batch_size}, AdamW {s.lr:g} {s.lr_scheduler}",
         collate=DataCollatorWithPadding(tokenizer),
+        quality=q.classification(raw["train"].features["label"].names),
     )
 
 
@@ -299,6 +433,124 @@ def timm_cnn(s: TimmCnn, cache_dir=None) -> Prepared:
         f"TimmWrapperForImageClassification, on {s.image_size}x{s.image_size} fractal images ({s.num_classes} classes "
         f"x {s.instances_per_class} train, x {s.test_instances_per_class} test); {s.epochs} epochs, batch "
         f"{s.batch_size}, AdamW {s.lr:g} {s.lr_scheduler}",
+        quality=q.classification([str(c) for c in range(s.num_classes)]),
+    )
+
+
+# --- the language-model workload -----------------------------------------------------------------
+
+# The boilerplate of `lm_templated`: one snippet, a name and a year filled in per row (about 0.1 nats per
+# byte left to learn: the fills).
+TEMPLATE = "Copyright (c) 20{year:02d} {name}. All rights reserved. Licensed MIT."
+TEMPLATE_NAMES = ("Ada", "Alan", "Grace", "Linus")
+PAD = 256  # byte-level vocabulary: bytes 0-255, then the pad (never predicted: its labels are -100)
+LM_GROUPS = ("prose", "templated")
+
+
+class TokenRows:
+    """A map-style dataset of fixed-length token rows (`input_ids`, `attention_mask`, `labels`), in memory."""
+
+    def __init__(self, input_ids, attention_mask, labels):
+        self.input_ids, self.attention_mask, self.labels = input_ids, attention_mask, labels
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def __getitem__(self, index: int) -> dict:
+        return {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index],
+                "labels": self.labels[index]}
+
+    def __getitems__(self, indices) -> list[dict]:
+        return [self[i] for i in indices]
+
+
+def token_collate(features: list[dict]) -> dict:
+    import torch
+
+    keys = ("input_ids", "attention_mask", "labels")
+    return {key: torch.stack([torch.as_tensor(f[key]) for f in features]) for key in keys}
+
+
+def byte_rows(texts: list[bytes], block_size: int) -> TokenRows:
+    """Rows of at most `block_size` bytes, padded with `PAD` (labels -100, attention 0)."""
+    import numpy as np
+    import torch
+
+    ids = np.full((len(texts), block_size), PAD, dtype=np.int64)
+    for i, text in enumerate(texts):
+        row = np.frombuffer(text[:block_size], dtype=np.uint8)
+        ids[i, :row.size] = row
+    ids = torch.from_numpy(ids)
+    mask = (ids != PAD).long()
+    return TokenRows(ids, mask, torch.where(mask.bool(), ids, torch.full_like(ids, -100)))
+
+
+def templated_texts(count: int, rng) -> list[bytes]:
+    return [TEMPLATE.format(year=rng.randrange(100), name=rng.choice(TEMPLATE_NAMES)).encode() for _ in range(count)]
+
+
+def prose_texts(documents: list[str], count: int, block_size: int) -> list[bytes]:
+    """`count` consecutive windows of `block_size` bytes of the documents (whitespace collapsed, one per line)."""
+    stream = "\n".join(" ".join(doc.split()) for doc in documents).encode()
+    windows = [stream[i:i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
+    if len(windows) < count:
+        raise ValueError(f"the prose corpus gives {len(windows)} rows of {block_size} bytes, {count} asked")
+    return windows[:count]
+
+
+def lm_templated(s: LmTemplated, cache_dir=None) -> Prepared:
+    """A byte-level GPT-2 (from a config) on prose with a templated boilerplate subgroup.
+
+    Prose: the standard-library docstrings of `examples/causal_lm.py` (shipped with Python; documents
+    split between train and eval), whitespace collapsed, cut into rows of `block_size` bytes.
+    Templated: `templated_fraction` of the rows are one boilerplate snippet (`TEMPLATE`) with a
+    year and a name filled in (other draws in eval). The templated rows become easy
+    (low loss, most bytes predicted) within an epoch or two: what a hiding rule hides first, and what
+    the model forgets if it stays hidden. Quality: eval loss (nats per byte) overall and per subgroup.
+    """
+    import random
+
+    import numpy as np
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    sys.path.insert(0, EXAMPLES)
+    import causal_lm
+
+    documents = causal_lm.python_docstring_corpus()
+    random.Random(s.data_seed).shuffle(documents)
+    num_eval_docs = max(1, len(documents) // 5)
+    n_templated_train = int(round(s.templated_fraction * s.train_rows))
+    n_templated_eval = int(round(s.templated_fraction * s.eval_rows))
+    prose_train = prose_texts(documents[num_eval_docs:], s.train_rows - n_templated_train, s.block_size)
+    prose_eval = prose_texts(documents[:num_eval_docs], s.eval_rows - n_templated_eval, s.block_size)
+    rng = random.Random(s.data_seed)
+    train_texts = prose_train + templated_texts(n_templated_train, rng)
+    kinds = np.array([0] * len(prose_train) + [1] * n_templated_train)
+    order = np.random.default_rng(s.data_seed).permutation(len(train_texts))
+    train = byte_rows([train_texts[i] for i in order], s.block_size)
+    kinds = kinds[order]
+    test = byte_rows(prose_eval + templated_texts(n_templated_eval, random.Random(s.data_seed + 1)), s.block_size)
+    group_of_eval_row = np.array([0] * len(prose_eval) + [1] * n_templated_eval)
+    config = GPT2Config(vocab_size=PAD + 1, n_positions=s.block_size, n_embd=s.hidden_size, n_layer=s.num_layers,
+                        n_head=s.num_heads, bos_token_id=PAD, eos_token_id=PAD, pad_token_id=PAD, use_cache=False)
+
+    def model(seed: int):
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(config)
+
+    example = TEMPLATE.format(year=17, name="Grace")
+    return Prepared(
+        "lm_templated", s, train, test, model,
+        f"byte-level GPT-2 (hidden {s.hidden_size}, {s.num_layers} layers, {s.block_size}-byte rows) from a config on "
+        f"standard-library docstrings ({len(prose_train)} train rows, {len(prose_eval)} eval rows from other "
+        f"documents) plus a templated boilerplate subgroup ({n_templated_train} train, {n_templated_eval} eval rows "
+        f"like {example!r}); {s.epochs} epochs, batch {s.batch_size}, AdamW {s.lr:g} {s.lr_scheduler}; quality: eval "
+        f"loss (nats/byte) overall and per subgroup",
+        collate=token_collate,
+        quality=q.language_model(group_of_eval_row, LM_GROUPS),
+        train_groups={name: np.flatnonzero(kinds == g) for g, name in enumerate(LM_GROUPS)},
+        info={"documents": len(documents), "eval_documents": num_eval_docs},
     )
 
 

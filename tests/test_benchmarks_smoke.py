@@ -293,85 +293,143 @@ LEADERBOARD_TINY = [
     "--timm-cnn-num-classes", "3", "--timm-cnn-instances-per-class", "8", "--timm-cnn-test-instances-per-class", "3",
     "--timm-cnn-image-size", "32", "--timm-cnn-channels", "8/8/8/8", "--timm-cnn-stem-width", "8",
     "--timm-cnn-epochs", "3", "--timm-cnn-batch-size", "8",
+    "--lm-templated-train-rows", "40", "--lm-templated-eval-rows", "20", "--lm-templated-block-size", "32",
+    "--lm-templated-hidden-size", "16", "--lm-templated-num-layers", "1", "--lm-templated-num-heads", "2",
+    "--lm-templated-epochs", "3", "--lm-templated-batch-size", "8", "--lm-templated-eval-batch-size", "20",
 ]
 
 
 def test_leaderboard_smoke(tmp_path, fractal_cache):
-    """Two workloads x (plain, a labelled kakurenbo variant), one seed: every (workload, method) is in the
-    record, and the summary's ratios, deltas and times to accuracy are what the per-run records say."""
+    """Three workloads (two classifiers, the templated LM) x (plain, a labelled kakurenbo variant), one seed:
+    every (workload, method) is in the record; the summary's ratios, deltas (to the full and to the
+    same-compute plain run), worst groups and times to quality are what the per-run records say; the
+    same-compute runs train round(share x plain's steps) steps, their schedule fitted to them, and are
+    evaluated at their end."""
     from benchmarks import leaderboard
 
     out = tmp_path / "leaderboard.json"
-    # tau = 0 hides every low-loss candidate, so the tiny runs hide (and train on fewer) samples
-    methods = ["plain", "k0=kakurenbo:confidence_threshold=0,hiding_fraction=0.5"]
-    leaderboard.main(LEADERBOARD_TINY + ["--workloads", "text", "timm_cnn", "--methods", *methods, "--seeds", "0",
+    # random hiding hides its fraction whatever the model has learned, so the tiny runs train on fewer samples
+    methods = ["plain", "r=random:hiding_fraction=0.4"]
+    workloads = ("text", "timm_cnn", "lm_templated")
+    leaderboard.main(LEADERBOARD_TINY + ["--workloads", *workloads, "--methods", *methods, "--seeds", "0",
                                          "--cache-dir", fractal_cache, "--output", str(out)])
     record = _load(out)
     assert record["command"].startswith("python -m benchmarks.leaderboard") and record["failures"] == []
-    assert [m["label"] for m in record["methods"]] == ["plain", "k0"]
+    assert [m["label"] for m in record["methods"]] == ["plain", "r"]
     runs = {(r["workload"], r["method"], r["seed"]): r for r in record["runs"]}
-    assert set(runs) == {(w, m, 0) for w in ("text", "timm_cnn") for m in ("plain", "k0")}
-    assert set(record["summary"]) == {"text", "timm_cnn"}
+    assert set(runs) == {(w, m, 0) for w in workloads for m in ("plain", "r")}
+    assert set(record["summary"]) == set(workloads)
+    same = {(c["workload"], c["seed"], c["max_steps"]): c for c in record["same_compute_runs"]}
     for workload, entries in record["summary"].items():
-        assert set(entries) == {"plain", "k0"}
+        quality = record["workloads"][workload]["quality"]
+        scale, higher = quality["scale"], quality["higher_is_better"]
+        assert set(entries) == {"plain", "r"}
         plain = runs[(workload, "plain", 0)]
         assert entries["plain"]["time_ratio"] == [1.0] and entries["plain"]["tta_ratio"] == [1.0]
-        assert entries["plain"]["accuracy_delta_pt"] == [0.0] and entries["plain"]["backprop_ratio"] == [1.0]
+        assert entries["plain"]["quality_delta"] == [0.0] and entries["plain"]["backprop_ratio"] == [1.0]
         n, epochs = record["workloads"][workload]["train_samples"], 3
         assert plain["forwarded"] == plain["backpropagated"] == n * epochs and plain["refresh_forwarded"] == 0
         for label, entry in entries.items():
             run = runs[(workload, label, 0)]
-            assert len(run["per_epoch"]) == epochs and run["final_accuracy"] == run["per_epoch"][-1]["accuracy"]
+            assert len(run["per_epoch"]) == epochs and run["final_quality"] == run["per_epoch"][-1]["quality"]
+            # worst group: the lowest class top-1, or the highest subgroup loss, of the final evaluation
+            groups = run["final_groups"]
+            assert set(groups) <= set(quality["groups"]) and groups
+            worst = (min if higher else max)(groups.values())
+            assert run["final_worst_group"] == pytest.approx(worst) and groups[run["final_worst_group_name"]] == worst
+            assert run["per_epoch"][-1]["worst_group"] == pytest.approx(worst)
+            assert entry["worst_group"] == [run["final_worst_group"]]
+            assert entry["worst_group_delta"] == [pytest.approx(scale * (worst - plain["final_worst_group"]))]
             assert entry["train_seconds"] == [run["train_seconds"]]
             assert entry["time_ratio"] == [pytest.approx(run["train_seconds"] / plain["train_seconds"])]
             assert entry["cpu_time_ratio"] == [pytest.approx(run["train_cpu_seconds"] / plain["train_cpu_seconds"])]
             assert 0 < run["train_seconds"] < run["train_plus_eval_seconds"]
             assert entry["backprop_ratio"] == [pytest.approx(run["backpropagated"] / plain["backpropagated"])]
             assert entry["forward_ratio"] == [pytest.approx((run["forwarded"] + run["refresh_forwarded"]) / plain["forwarded"])]
-            assert entry["accuracy_delta_pt"] == [pytest.approx(100 * (run["final_accuracy"] - plain["final_accuracy"]))]
-            # time to accuracy: the first epoch whose top-1 reaches plain's final - 0.5 pt, on both curves
-            target = plain["final_accuracy"] - 0.005
+            assert entry["quality_delta"] == [pytest.approx(scale * (run["final_quality"] - plain["final_quality"]))]
+            # time to quality: the first epoch that reaches plain's final quality minus the tolerance, on both curves
+            step = quality["tolerance"] / scale
+            target = plain["final_quality"] - step if higher else plain["final_quality"] + step
             assert entry["tta_target"] == [pytest.approx(target)]
 
+            def reaches(value):
+                return value >= target - 1e-9 if higher else value <= target + 1e-9
+
             def first(per_epoch):
-                hits = [e for e in per_epoch if e["accuracy"] >= target - 1e-9]
+                hits = [e for e in per_epoch if reaches(e["quality"])]
                 return hits[0]["train_seconds_cumulative"] if hits else None
 
             mine = first(run["per_epoch"])
             assert entry["tta_seconds"] == [mine]
             assert entry["tta_ratio"] == [None if mine is None else pytest.approx(mine / first(plain["per_epoch"]))]
-            assert all(e["accuracy"] < target - 1e-9 for e in run["per_epoch"]
-                       if mine is not None and e["train_seconds_cumulative"] < mine)
-        hidden = runs[(workload, "k0", 0)]["hidden_per_epoch"]
-        assert sum(hidden) > 0
-        assert runs[(workload, "k0", 0)]["backpropagated"] == n * epochs - sum(hidden)
-    assert "| text | k0 |" in record["markdown"] and "| timm_cnn | plain |" in record["markdown"]
-    assert (tmp_path / "leaderboard.md").read_text().count("| k0 |") >= 2
+        # the same-compute plain run: round(share x plain's steps) optimizer steps, cached by (workload, seed, steps)
+        hiding = runs[(workload, "r", 0)]
+        hidden = sum(hiding["hidden_per_epoch"])
+        assert hidden > 0 and hiding["backpropagated"] == n * epochs - hidden
+        steps = round(hiding["backpropagated"] / plain["backpropagated"] * plain["optimizer_steps"])
+        assert 0 < steps < plain["optimizer_steps"]
+        assert entries["r"]["same_compute_steps"] == [steps]
+        assert entries["r"]["same_compute_share"] == [pytest.approx(steps / plain["optimizer_steps"])]
+        c = same[(workload, 0, steps)]
+        assert c["method"] == "plain (same compute)" and c["optimizer_steps"] == steps
+        assert c["final_learning_rate"] == pytest.approx(0, abs=1e-9)  # the cosine schedule ends at its last step
+        assert c["per_epoch"][-1]["quality"] == c["final_quality"]  # the last (partial) epoch is evaluated
+        assert c["epochs_trained"] == pytest.approx(steps / (plain["optimizer_steps"] / epochs))
+        assert entries["r"]["same_compute_quality"] == [c["final_quality"]]
+        assert entries["r"]["quality_delta_same_compute"] == [
+            pytest.approx(scale * (hiding["final_quality"] - c["final_quality"]))]
+        assert entries["r"]["worst_group_delta_same_compute"] == [
+            pytest.approx(scale * (hiding["final_worst_group"] - c["final_worst_group"]))]
+        assert entries["r"]["beats_same_compute"] in (True, False)
+    assert len(record["same_compute_runs"]) == len(workloads)  # one share per workload: one run each
+    # the LM: eval loss per subgroup, hidden rows counted per training subgroup
+    lm = record["workloads"]["lm_templated"]["quality"]
+    assert lm["higher_is_better"] is False and lm["groups"] == ["prose", "templated"]
+    hiding = runs[("lm_templated", "r", 0)]
+    assert set(hiding["final_groups"]) == {"prose", "templated"}
+    by_group = hiding["hidden_per_epoch_by_group"]
+    assert [a + b for a, b in zip(by_group["prose"], by_group["templated"])] == hiding["hidden_per_epoch"]
+    assert sum(hiding["train_group_sizes"].values()) == 40
+    md = record["markdown"]
+    assert "| text | r |" in md and "| timm_cnn | plain |" in md and "| lm_templated | r |" in md
+    assert "≥ same-compute?" in md and "lr_compensation=none" in md
+    assert (tmp_path / "leaderboard.md").read_text().count("| r |") >= 4  # 3 workload tables + the overview
     for plot in ("leaderboard_accuracy_vs_time.png", "leaderboard_pareto.png"):
         assert (tmp_path / plot).stat().st_size > 0
+    assert str(tmp_path) not in out.read_text()  # no machine paths in the record
 
 
-def _fake_run(method, accuracies, seconds, backprop, workload="w", seed=0):
+def _fake_run(method, qualities, seconds, backprop, workload="w", seed=0, steps=3, worst=None):
     """A leaderboard run record with the given per-epoch curve (train time = last epoch end + 0.5 s)."""
-    per_epoch = [{"epoch": i + 1, "train_seconds_cumulative": t, "accuracy": a}
-                 for i, (a, t) in enumerate(zip(accuracies, seconds))]
+    per_epoch = [{"epoch": i + 1, "train_seconds_cumulative": t, "quality": a}
+                 for i, (a, t) in enumerate(zip(qualities, seconds))]
+    worst = qualities[-1] - 0.1 if worst is None else worst
     return {"workload": workload, "method": method, "seed": seed, "train_seconds": seconds[-1] + 0.5,
-            "train_cpu_seconds": seconds[-1], "final_accuracy": accuracies[-1], "per_epoch": per_epoch,
-            "forwarded": backprop, "backpropagated": backprop, "refresh_forwarded": 0, "optimizer_steps": 3}
+            "train_cpu_seconds": seconds[-1], "final_quality": qualities[-1], "final_worst_group": worst,
+            "final_worst_group_name": "0", "final_groups": {"0": worst, "1": qualities[-1]}, "per_epoch": per_epoch,
+            "forwarded": backprop, "backpropagated": backprop, "refresh_forwarded": 0, "optimizer_steps": steps,
+            "max_steps": None, "epochs_trained": len(qualities), "final_learning_rate": 0.0}
 
 
 def test_leaderboard_interleaves_and_reports_failures(tmp_path, monkeypatch):
-    """Per seed, per workload, every method in turn, the order rotated by one per seed; a failing run is
-    listed and left out of the summary, the others go on."""
+    """Per seed, per workload, every method in turn, the order rotated by one per seed, then the plain
+    Trainer's same-compute runs, one per distinct step count (methods of equal share share it); a failing
+    run is listed and left out of the summary, the others go on."""
     from benchmarks import leaderboard, workloads
 
     calls = []
+    backprop = {"plain": 100, "kakurenbo": 60, "random": 50, "ucb": 50}
 
-    def fake_run_one(method, seed, wl):
-        calls.append((seed, wl.name, method.label))
-        if (method.label, seed) == ("random", 1):
+    def fake_run_one(method, seed, wl, max_steps=None):
+        calls.append((seed, wl.name, method.label if max_steps is None else max_steps))
+        if (method.label, seed, max_steps) == ("random", 1, None):
             raise RuntimeError("boom")
-        return _fake_run(method.label, [0.5, 0.9], [1.0, 2.0], 100, workload=wl.name, seed=seed)
+        if max_steps is not None:
+            run = _fake_run("plain", [0.5, 0.85], [0.6, 1.2], 10 * max_steps, workload=wl.name, seed=seed,
+                            steps=max_steps)
+            return {**run, "method": leaderboard.SAME_COMPUTE, "max_steps": max_steps}
+        return _fake_run(method.label, [0.5, 0.9], [1.0, 2.0], backprop[method.label], workload=wl.name, seed=seed,
+                         steps=10)
 
     def fake_build(name, settings, cache_dir=None, checkpoint_dir=None):
         return workloads.Prepared(name, settings, list(range(10)), list(range(4)), lambda seed: None, name)
@@ -379,51 +437,92 @@ def test_leaderboard_interleaves_and_reports_failures(tmp_path, monkeypatch):
     monkeypatch.setattr(leaderboard, "run_one", fake_run_one)
     monkeypatch.setattr(workloads, "build", fake_build)
     out = tmp_path / "leaderboard.json"
-    record = leaderboard.main(["--workloads", "text", "timm_cnn", "--methods", "plain", "kakurenbo", "random",
+    record = leaderboard.main(["--workloads", "text", "timm_cnn", "--methods", "plain", "kakurenbo", "random", "ucb",
                                "--seeds", "0", "1", "--no-plots", "--output", str(out)])
-    order = ["plain", "kakurenbo", "random"]
-    assert calls == [(0, w, m) for w in ("text", "timm_cnn") for m in order] + [
-        (1, w, m) for w in ("text", "timm_cnn") for m in order[1:] + order[:1]]
+    order = ["plain", "kakurenbo", "random", "ucb"]
+    # plain's 10 steps x share: kakurenbo 6 steps; random and ucb 5 steps, one run for both
+    assert calls == [(0, w, x) for w in ("text", "timm_cnn") for x in order + [5, 6]] + [
+        (1, w, x) for w in ("text", "timm_cnn") for x in order[1:] + order[:1] + [5, 6]]
     assert record["failures"] == [{"workload": w, "method": "random", "seed": 1, "error": "RuntimeError: boom"}
                                   for w in ("text", "timm_cnn")]
-    assert record["summary"]["text"]["random"]["seeds"] == [0]
-    assert record["summary"]["text"]["kakurenbo"]["seeds"] == [0, 1]
+    assert len(record["same_compute_runs"]) == 8
+    summary = record["summary"]["text"]
+    assert summary["random"]["seeds"] == [0] and summary["kakurenbo"]["seeds"] == [0, 1]
+    assert summary["random"]["same_compute_steps"] == [5] and summary["ucb"]["same_compute_steps"] == [5, 5]
+    assert summary["kakurenbo"]["same_compute_steps"] == [6, 6]
+    assert summary["ucb"]["quality_delta_same_compute"] == [pytest.approx(5.0)] * 2  # 0.90 vs 0.85, in points
+    assert summary["ucb"]["beats_same_compute"] is True and summary["ucb"]["within_tolerance"] is True
     assert "Failed runs" in _load(out)["markdown"]
+    calls.clear()
+    leaderboard.main(["--workloads", "text", "--methods", "plain", "kakurenbo", "--seeds", "0", "--no-plots",
+                      "--no-same-compute", "--output", str(out)])
+    assert calls == [(0, "text", "plain"), (0, "text", "kakurenbo")]
+    assert _load(out)["summary"]["text"]["kakurenbo"]["beats_same_compute"] is None
     with pytest.raises(RuntimeError, match="boom"):
         leaderboard.main(["--workloads", "text", "--methods", "plain", "random", "--seeds", "1", "--no-plots",
                           "--fail-fast", "--output", str(out)])
 
 
-def test_leaderboard_methods_and_time_to_accuracy():
-    """Method specs with labels, plain added first; time to accuracy and ratios on hand-made curves."""
-    from benchmarks import leaderboard
+def test_leaderboard_methods_and_time_to_quality():
+    """Method specs with labels, plain added first, the paper's baselines without LR compensation by default;
+    time to quality, ratios and verdicts on hand-made curves, for a top-1 and for a loss."""
+    from benchmarks import leaderboard, trainers
+    from benchmarks import quality as q
 
     from kakurenbo_hf.strategies import available_strategies
 
-    assert leaderboard.default_methods() == ["plain", *available_strategies()]
+    defaults = leaderboard.parse_methods(leaderboard.default_methods())
+    assert [m.label for m in defaults] == ["plain", *(name for name in available_strategies()
+                                                      if name not in leaderboard.TWO_RUN_STRATEGIES)]
+    assert "forget_original" in leaderboard.TWO_RUN_STRATEGIES  # a counting run and a retraining run
+    for m in defaults[1:]:
+        published = m.label in leaderboard.PUBLISHED_WITHOUT_LR_COMPENSATION
+        assert m.base == m.label and (m.overrides.get("lr_compensation") == "none") == published
+    assert {m.label for m in defaults if "lr_compensation" in m.overrides} == {
+        "random", "epsilon_greedy", "ucb", "forget", "forget_lag", "iswr"} & set(available_strategies())
     methods = leaderboard.parse_methods(["random", "f30=kakurenbo:hiding_fraction=0.3", "kakurenbo"])
     assert [m.label for m in methods] == ["plain", "random", "f30", "kakurenbo"]
     assert methods[2].base == "kakurenbo" and methods[2].overrides["hiding_fraction"] == 0.3
     assert methods[1].overrides == {"hiding_strategy": "random"}
+    # an optional field (None by default) takes the type of its annotation
+    assert trainers.parse_method("kakurenbo:max_hidden_epochs=2")[1]["max_hidden_epochs"] == 2
+    assert trainers.parse_method("kakurenbo:max_hidden_epochs=none")[1]["max_hidden_epochs"] is None
     with pytest.raises(ValueError, match="unique"):
         leaderboard.parse_methods(["kakurenbo", "kakurenbo:hiding_fraction=0.5", "kakurenbo"])
     with pytest.raises(ValueError, match="unknown method"):
         leaderboard.parse_methods(["nosuchstrategy"])
 
+    top1 = {"w": q.classification(["0", "1"])}
     runs = [_fake_run("plain", [0.5, 0.8, 0.9], [1.0, 2.0, 3.0], 300),
             _fake_run("kakurenbo", [0.6, 0.896, 0.89], [0.8, 1.6, 2.4], 250),  # reaches 0.895 at 1.6 s
             _fake_run("random", [0.5, 0.7, 0.894], [0.8, 1.6, 2.4], 250)]  # never reaches 0.895
     methods = leaderboard.parse_methods(["plain", "kakurenbo", "random"])
-    summary = leaderboard.summarize(runs, ["w"], methods, [0])["w"]
+    summary = leaderboard.summarize(runs, ["w"], methods, [0], top1)["w"]
     assert summary["plain"]["tta_seconds"] == [3.0] and summary["plain"]["tta_ratio"] == [1.0]
     assert summary["kakurenbo"]["tta_ratio"] == [pytest.approx(1.6 / 3.0)]
     assert summary["kakurenbo"]["time_ratio"] == [pytest.approx(2.9 / 3.5)]
-    assert summary["kakurenbo"]["accuracy_delta_pt"] == [pytest.approx(-1.0)]
-    assert summary["kakurenbo"]["within_half_pt"] is False and summary["kakurenbo"]["saves_20pct"] is False
+    assert summary["kakurenbo"]["quality_delta"] == [pytest.approx(-1.0)]
+    assert summary["kakurenbo"]["within_tolerance"] is False and summary["kakurenbo"]["saves_20pct"] is False
+    assert summary["kakurenbo"]["beats_same_compute"] is None  # no same-compute run given
     assert summary["random"]["tta_ratio"] == [None] and summary["random"]["tta_reached"] == 0
     assert leaderboard.ranked(summary) == ["plain", "kakurenbo", "random"]
-    table = leaderboard.tables({"w": summary}, methods)
+    table = leaderboard.tables({"w": summary}, methods, top1)
     assert "| w | random |" in table and "never" in table
+
+    # a loss (lower is better): the target is plain's final + 0.01 nats, gains change sign
+    loss = {"w": q.language_model([0, 1], ["prose", "templated"])}
+    runs = [_fake_run("plain", [3.0, 2.5, 2.0], [1.0, 2.0, 3.0], 300, worst=2.5),
+            _fake_run("kakurenbo", [3.0, 2.005, 2.008], [0.8, 1.6, 2.4], 250, worst=2.4)]
+    same = [{**_fake_run("plain", [3.0, 2.1], [1.0, 2.0], 250, worst=2.45, steps=2), "max_steps": 2}]
+    methods = leaderboard.parse_methods(["plain", "kakurenbo"])
+    summary = leaderboard.summarize(runs, ["w"], methods, [0], loss, same)["w"]
+    k = summary["kakurenbo"]
+    assert k["tta_target"] == [pytest.approx(2.01)] and k["tta_ratio"] == [pytest.approx(1.6 / 3.0)]
+    assert k["quality_delta"] == [pytest.approx(0.008)] and k["within_tolerance"] is True
+    assert k["same_compute_steps"] == [2] and k["quality_delta_same_compute"] == [pytest.approx(-0.092)]
+    assert k["worst_group_delta_same_compute"] == [pytest.approx(-0.05)] and k["beats_same_compute"] is True
+    assert leaderboard.same_compute_curve(summary, same, runs, "w", loss["w"]) == [
+        (pytest.approx(2 / 3), pytest.approx(-0.1), pytest.approx(0.05)), (1.0, 0.0, 0.0)]
 
 
 def test_deit_transfer_pretrains_once_per_seed(tmp_path, fractal_cache, monkeypatch):
