@@ -420,8 +420,8 @@ def main(args_list=None):
         results["hidden_per_epoch"] = [row["num_hidden"] for row in hiding.epochs()]
         if embedded:
             results["definitions"] = definitions_report(trainer.model, train_dataset, kinds,
-                                                        trainer.hiding_args.confidence_threshold)
-            results["threshold"] = trainer.hiding_args.confidence_threshold
+                                                        training_args.confidence_threshold)
+            results["threshold"] = training_args.confidence_threshold
     if data_args.compare_plain:
         model.load_state_dict(initial_state)
         transformers.set_seed(training_args.seed)

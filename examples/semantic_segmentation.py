@@ -16,10 +16,16 @@ accuracy, and with `--compare_plain` the plain `Trainer`'s side by side:
     python examples/semantic_segmentation.py
     python examples/semantic_segmentation.py --compare_plain
 
-The per-sample statistics are built in: the mean per-pixel cross-entropy over the sample's
-non-ignored pixels (logits upsampled to the mask size, as the model's loss does); confidence =
-the pixel accuracy; "correct" when at least half of the pixels are right. A sample is hidden when
-it is among the lowest-loss ones and at least tau = 0.7 of its pixels are predicted right.
+The per-sample statistics are built in (`kakurenbo_hf.tasks.SegmentationStatistics`, detected
+from the model): the mean per-pixel cross-entropy over the sample's non-ignored pixels (logits
+upsampled to the mask size, as the model's loss does); confidence = the class-balanced pixel
+accuracy (the mean, over the classes present in the sample's mask, of the fraction of their
+pixels predicted right); "correct" when that accuracy is at least 0.5. A sample is hidden when it
+is among the lowest-loss ones and its class-balanced accuracy is at least tau = 0.7: on masks that
+are mostly background, plain pixel accuracy would pass 0.7 before any cyclone or river is found
+(`--statistics_confidence accuracy` uses it, to compare; docs/tasks.md). The "pixel accuracy"
+the script prints after evaluation is the validation metric of `compute_metrics`, not the
+statistic.
 
 Other data / models (the recipe's arguments; columns `pixel_values`-able images and masks):
 
