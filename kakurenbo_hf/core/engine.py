@@ -30,7 +30,7 @@ from .bitmask import clear_bit, count_bits, pack, positions, unpack
 from .config import KakurenboArguments
 from .refresh_slice import refresh_period
 from .schedule import lr_factor, target_hiding_fraction
-from .sharding import Collective, LocalCollective, Shard, whole_table
+from .sharding import Collective, LocalCollective, Shard, count_all, whole_table
 from .stats import SampleStats
 from ..strategies import HidingDecision, build_strategy
 from ..strategies.base import num_candidates
@@ -132,8 +132,6 @@ class HidingEngine:
         # The coverage rule: no sample hidden more than this many epochs in a row (0: no cap).
         self.max_hidden_epochs = int(self.strategy.default_max_hidden_epochs if arguments.max_hidden_epochs is None
                                      else arguments.max_hidden_epochs)
-        if self.max_hidden_epochs and not self.strategy.supports_coverage_rule:
-            raise ValueError(f"max_hidden_epochs does not apply to hiding_strategy={arguments.hiding_strategy!r}")
         self.hidden_bits = np.zeros((self.num_samples + 7) // 8, dtype=np.uint8)  # the epoch's hidden set
         # The epoch's per-sample loss weights (float32, N) and multiset of draws, when the strategy
         # asks for them (see `HidingDecision`); None otherwise. Held by every rank.
@@ -272,7 +270,7 @@ class HidingEngine:
         if must_train is None:
             return decision, 0
         called_back = decision.hidden & must_train
-        count = int(self.collective.sum(np.array([np.count_nonzero(called_back)], dtype=np.int64))[0])
+        count = count_all(called_back, self.collective)
         if not count:
             return decision, 0
         hidden = decision.hidden & ~must_train

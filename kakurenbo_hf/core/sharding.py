@@ -95,6 +95,11 @@ class Collective(Protocol):
         """The N-sample bitmask assembled from every rank's bytes of its shard (`Shard.byte_range`)."""
 
 
+def count_all(mask: np.ndarray, collective: Collective) -> int:
+    """True entries of `mask` (this shard's rows) over every rank's shard."""
+    return int(collective.sum(np.array([np.count_nonzero(mask)], dtype=np.int64))[0])
+
+
 class LocalCollective:
     """One process: sums and gathers are the value itself."""
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
-from .toolkit import argument_or_default, occurrences
+from .toolkit import argument_or_default, checked_state, occurrences
 
 _STREAM = 0x464F5247  # "FORG"
 NEVER_LEARNED = np.float32(np.finfo(np.float32).max)  # above any count, below "unseen" (+inf)
@@ -168,14 +168,6 @@ class ForgetStrategy(HidingStrategy):
         return {name: array.copy() for name, array in self._arrays(self.num_samples).items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        if sorted(state) != sorted(self.STATE_NAMES):
-            raise ValueError(f"forget strategy state must hold the arrays {list(self.STATE_NAMES)}, got "
-                             f"{sorted(state)}; the checkpoint was saved with another hiding_strategy")
-        expected = {"events": np.uint16, "learned": np.bool_, "hidden": np.bool_}
-        for name, dtype in expected.items():
-            array = np.asarray(state[name])
-            if array.shape != (self.num_samples,) or array.dtype != dtype:
-                raise ValueError(f"forget strategy state {name!r} is {array.dtype} {array.shape}, expected "
-                                 f"{np.dtype(dtype)} ({self.num_samples},)")
-        self._state = {name: np.asarray(state[name]).copy() for name in expected}
+        per_sample = {"events": np.uint16, "learned": np.bool_, "hidden": np.bool_}
+        self._state = checked_state("forget", state, self.STATE_NAMES, per_sample, self.num_samples)
         self._state["chosen_epoch"] = np.asarray(state["chosen_epoch"], dtype=np.int64).reshape(1).copy()

@@ -50,7 +50,7 @@ import numpy as np
 from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
 from .forget import count_forgetting_events, forgetting_scores, least_forgotten
-from .toolkit import argument_or_default, epoch_generator
+from .toolkit import argument_or_default, checked_state, epoch_generator
 
 _STREAM = 0x464C4147  # "FLAG"
 
@@ -116,13 +116,5 @@ class ForgetLagStrategy(HidingStrategy):
         return {name: array.copy() for name, array in self._arrays(self.num_samples).items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        if sorted(state) != sorted(self.STATE_NAMES):
-            raise ValueError(f"forget_lag strategy state must hold the arrays {list(self.STATE_NAMES)}, got "
-                             f"{sorted(state)}; the checkpoint was saved with another hiding_strategy")
-        expected = {"events": np.uint16, "learned": np.bool_}
-        for name, dtype in expected.items():
-            array = np.asarray(state[name])
-            if array.shape != (self.num_samples,) or array.dtype != dtype:
-                raise ValueError(f"forget_lag strategy state {name!r} is {array.dtype} {array.shape}, expected "
-                                 f"{np.dtype(dtype)} ({self.num_samples},)")
-        self._state = {name: np.asarray(state[name]).copy() for name in expected}
+        self._state = checked_state("forget_lag", state, self.STATE_NAMES,
+                                    {"events": np.uint16, "learned": np.bool_}, self.num_samples)

@@ -68,7 +68,7 @@ import numpy as np
 from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
 from .forget import MAX_EVENTS, count_forgetting_events, forgetting_scores, least_forgotten
-from .toolkit import argument_or_default
+from .toolkit import argument_or_default, checked_state
 
 logger = logging.getLogger(__name__)
 
@@ -240,17 +240,9 @@ class ForgetOriginalStrategy(HidingStrategy):
         return {name: array.copy() for name, array in self._arrays(self.num_samples).items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        if sorted(state) != sorted(self.STATE_NAMES):
-            raise ValueError(f"forget_original strategy state must hold the arrays {list(self.STATE_NAMES)}, got "
-                             f"{sorted(state)}; the checkpoint was saved with another hiding_strategy")
-        for name, dtype in _DTYPES.items():
-            array = np.asarray(state[name])
-            if array.shape != (self.num_samples,) or array.dtype != dtype:
-                raise ValueError(f"forget_original strategy state {name!r} is {array.dtype} {array.shape}, expected "
-                                 f"{np.dtype(dtype)} ({self.num_samples},)")
+        arrays = checked_state("forget_original", state, self.STATE_NAMES, _DTYPES, self.num_samples)
         chosen = np.asarray(state["chosen_epoch"], dtype=np.int64).reshape(1).copy()
         if not self.retraining and chosen[0] >= 0:
             raise ValueError(f"the checkpoint is a forget_original retraining run's (its hidden set was chosen at "
                              f"epoch {int(chosen[0])}): resume it with {_FIELD} set as it was")
-        self._state = {name: np.asarray(state[name]).copy() for name in _DTYPES}
-        self._state["chosen_epoch"] = chosen
+        self._state = {**arrays, "chosen_epoch": chosen}

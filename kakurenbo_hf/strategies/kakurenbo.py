@@ -42,7 +42,7 @@ import numpy as np
 
 from ..core.config import KAKURENBO_MAX_HIDDEN_EPOCHS
 from ..core.permutation import mix64
-from ..core.sharding import Collective, LocalCollective, Shard, whole_table
+from ..core.sharding import Collective, LocalCollective, Shard, count_all, whole_table
 from ..core.stats import SampleStats
 from .base import HidingDecision, HidingStrategy, num_candidates, register_strategy
 
@@ -152,13 +152,13 @@ class KakurenboStrategy(HidingStrategy):
         for start in range(0, stats.num_samples, CHUNK):  # hidden &= learned, without N-sized temporaries
             end = start + CHUNK
             hidden[start:end] &= stats.correct[start:end] & (stats.confidence[start:end] >= tau)
-        learned = int(collective.sum(np.array([np.count_nonzero(hidden)], dtype=np.int64))[0])
+        learned = count_all(hidden, collective)
         num_hidden = learned
         if probability < 1.0:
             for start in range(0, stats.num_samples, CHUNK):
                 end = min(start + CHUNK, stats.num_samples)
                 hidden[start:end] &= uniform_draws(self.seed, epoch, shard.start + start, end - start) < probability
-            num_hidden = int(collective.sum(np.array([np.count_nonzero(hidden)], dtype=np.int64))[0])
+            num_hidden = count_all(hidden, collective)
             if num_hidden > most:  # an unlucky draw: keep the lowest-loss `most` of the drawn samples
                 drawn_loss = np.where(hidden, stats.loss, np.float32(np.inf))
                 hidden = lowest_loss_mask(drawn_loss, most, shard, collective) & hidden

@@ -10,6 +10,8 @@
   flushes (epoch starts, checkpoints) cut the stream of records: exact resume needs that.
 - `argument_or_default`: a field of the run's `KakurenboArguments` (a strategy's own settings),
   or the field's default when the strategy was built without arguments (as in unit tests).
+- `checked_state`: a checkpointed state's per-sample arrays, refused with the strategy's name when
+  they are another strategy's or of another training set.
 """
 
 from __future__ import annotations
@@ -51,3 +53,19 @@ def argument_or_default(arguments, name: str):
     if arguments is not None and hasattr(arguments, name):
         return getattr(arguments, name)
     return KakurenboArguments.__dataclass_fields__[name].default
+
+
+def checked_state(strategy: str, state: dict, names, per_sample: dict, num_samples: int) -> dict[str, np.ndarray]:
+    """Copies of `state`'s per-sample arrays (name -> dtype in `per_sample`, each of `num_samples` values),
+    after checking that `state` holds exactly the arrays `names`; ValueError naming `strategy` otherwise."""
+    if sorted(state) != sorted(names):
+        raise ValueError(f"{strategy} strategy state must hold the arrays {list(names)}, got {sorted(state)}; "
+                         "the checkpoint was saved with another hiding_strategy")
+    arrays = {}
+    for name, dtype in per_sample.items():
+        array = np.asarray(state[name])
+        if array.shape != (num_samples,) or array.dtype != dtype:
+            raise ValueError(f"{strategy} strategy state {name!r} is {array.dtype} {array.shape}, expected "
+                             f"{np.dtype(dtype)} ({num_samples},)")
+        arrays[name] = array.copy()
+    return arrays
